@@ -1,0 +1,1 @@
+"""Ringbus broker: supervisor, settings, log writer, storage and control."""

@@ -1,0 +1,97 @@
+"""What every child process does before its own work: the process plan.
+
+The supervisor starts each child as ``python -m <module> --plan <json>``.
+The plan names the child's role, its slot (its row in the counters and
+process tables), the shared-memory prefix to attach under, and the file
+descriptors it inherited (listening sockets, eventfds). Settings are read
+again from the inherited ``RINGBUS_*`` environment, so every process sees
+the same values the supervisor checked.
+
+A child must never outlive its supervisor: it asks the kernel for SIGTERM
+when the supervisor dies (``PR_SET_PDEATHSIG``) and, as a second line,
+its heartbeat notices a changed parent pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from broker import logs
+from broker.settings import Settings, load_settings_or_exit
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("supervisor", "writer", "control", "metrics", "net")
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class ProcessPlan:
+    """Everything a child needs from the supervisor, passed on its command line."""
+
+    role: str
+    index: int
+    slot: int
+    prefix: str
+    supervisor_pid: int
+    fds: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The name used in logs and metrics: ``net-0``, ``writer``, ..."""
+        return f"{self.role}-{self.index}" if self.role == "net" else self.role
+
+    def to_argument(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_argument(cls, text: str) -> ProcessPlan:
+        data = json.loads(text)
+        data["fds"] = {str(k): int(v) for k, v in data.get("fds", {}).items()}
+        return cls(**data)
+
+
+def _die_with_parent(supervisor_pid: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, "prctl(PR_SET_PDEATHSIG) failed")
+
+    # The supervisor may have died between our fork and the prctl above.
+    if os.getppid() != supervisor_pid:
+        raise SystemExit(0)
+
+
+def parent_alive(plan: ProcessPlan) -> bool:
+    """True while the supervisor that started this process still runs."""
+    return os.getppid() == plan.supervisor_pid
+
+
+def run_child(main: Callable[[ProcessPlan, Settings], int]) -> None:
+    """Entry point shared by every child module's ``__main__``."""
+    parser = argparse.ArgumentParser(description="ringbus child process")
+    parser.add_argument("--plan", required=True, help="process plan (JSON)")
+    arguments = parser.parse_args()
+    plan = ProcessPlan.from_argument(arguments.plan)
+
+    settings = load_settings_or_exit()
+    logs.configure(settings.log_level, plan.name)
+    _die_with_parent(plan.supervisor_pid)
+
+    # SIGINT goes to the whole foreground process group on Ctrl-C; the
+    # supervisor decides the shutdown order, so children ignore it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    logs.event(logger, logging.INFO, "process.started", pid=os.getpid(), slot=plan.slot)
+    code = main(plan, settings)
+    logs.event(logger, logging.INFO, "process.stopped", pid=os.getpid(), code=code)
+    sys.exit(code)

@@ -1,0 +1,1 @@
+"""Metrics process: counter aggregation, Prometheus text, REST API and live UI."""

@@ -1,0 +1,1 @@
+"""Network I/O processes: Kafka codec, record batch checks, connections."""
