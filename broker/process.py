@@ -21,11 +21,14 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from broker import logs
+from broker.layout import HEARTBEAT, BrokerMemory
 from broker.settings import Settings, load_settings_or_exit
+from shm.counters import CounterSlot
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +79,44 @@ def parent_alive(plan: ProcessPlan) -> bool:
     return os.getppid() == plan.supervisor_pid
 
 
-def run_child(main: Callable[[ProcessPlan, Settings], int]) -> None:
+# How often a child should call ``beat``; the supervisor's hang bound is
+# many times this.
+HEARTBEAT_INTERVAL_S = 0.5
+
+
+class ChildRuntime:
+    """A running child's plan, settings, shared memory and heartbeat.
+
+    ``stopping`` turns true on SIGTERM (the supervisor's stop request, or
+    the kernel's when the supervisor died); each role's main loop checks
+    it, or installs its own handler (an asyncio loop does).
+    """
+
+    def __init__(self, plan: ProcessPlan, settings: Settings) -> None:
+        self.plan = plan
+        self.settings = settings
+        self.memory = BrokerMemory.attach(settings, plan.prefix, plan.fds)
+        self.counters: CounterSlot = self.memory.counters.slot(plan.slot)
+        self._heartbeat_column = self.memory.counters.counter_id(HEARTBEAT)
+        self._beats = self.memory.counters.counters[plan.slot]
+        self.stopping = False
+        self.beat()
+
+    def beat(self) -> None:
+        """Tell the supervisor this process is alive and making progress."""
+        self._beats[self._heartbeat_column] = time.monotonic_ns()
+
+    def request_stop(self, *_: object) -> None:
+        self.stopping = True
+
+    def parent_alive(self) -> bool:
+        return parent_alive(self.plan)
+
+    def close(self) -> None:
+        self.memory.close()
+
+
+def run_child(main: Callable[[ChildRuntime], int]) -> None:
     """Entry point shared by every child module's ``__main__``."""
     parser = argparse.ArgumentParser(description="ringbus child process")
     parser.add_argument("--plan", required=True, help="process plan (JSON)")
@@ -91,7 +131,12 @@ def run_child(main: Callable[[ProcessPlan, Settings], int]) -> None:
     # supervisor decides the shutdown order, so children ignore it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+    runtime = ChildRuntime(plan, settings)
+    signal.signal(signal.SIGTERM, runtime.request_stop)
     logs.event(logger, logging.INFO, "process.started", pid=os.getpid(), slot=plan.slot)
-    code = main(plan, settings)
+    try:
+        code = main(runtime)
+    finally:
+        runtime.close()
     logs.event(logger, logging.INFO, "process.stopped", pid=os.getpid(), code=code)
     sys.exit(code)

@@ -40,9 +40,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker import logs
-from broker.layout import BrokerMemory, stale_block_prefix
+from broker.layout import (
+    CONTROL_SLOT,
+    FIRST_NET_SLOT,
+    METRICS_SLOT,
+    WRITER_SLOT,
+    BrokerMemory,
+    slot_count,
+    stale_block_prefix,
+)
 from broker.process import ProcessPlan
 from broker.settings import Settings, load_settings_or_exit
+from shm.region import process_alive
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +62,6 @@ ROLE_MODULES = {
     "metrics": "metrics",
     "net": "net",
 }
-
-# Slots are rows in the counters and process tables.
-SUPERVISOR_SLOT = 0
-WRITER_SLOT = 1
-CONTROL_SLOT = 2
-METRICS_SLOT = 3
-FIRST_NET_SLOT = 4
 
 # Restart backoff: a child that keeps dying is retried at growing intervals
 # up to the cap; one that stayed up this long is considered healthy again.
@@ -92,6 +94,9 @@ class Child:
     restarts: int = 0
     backoff_s: float = RESTART_BACKOFF_FIRST_S
     restart_at: float | None = None
+    # The heartbeat value recorded at spawn; the child has started once its
+    # own first beat replaces it.
+    spawn_beat: int = 0
     pass_fds: tuple[int, ...] = field(default_factory=tuple)
 
 
@@ -123,6 +128,8 @@ class DataDirLock:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
 
     def acquire(self, timeout_s: float) -> None:
+        """Take the lock. If a live supervisor holds it, fail at once; if
+        only the children of a dead one do, wait for them (bounded)."""
         deadline = time.monotonic() + timeout_s
         announced = False
         while True:
@@ -130,6 +137,9 @@ class DataDirLock:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                holder = self._recorded_pid()
+                if holder is not None and process_alive(holder):
+                    raise
                 if time.monotonic() >= deadline:
                     raise
                 if not announced:
@@ -138,12 +148,18 @@ class DataDirLock:
                         logging.WARNING,
                         "supervisor.lock_waiting",
                         path=self.path,
-                        reason="another broker or its children hold the data dir",
+                        reason="children of a stopped broker still hold the data dir",
                     )
                     announced = True
-                time.sleep(0.1)
+                time.sleep(0.05)
         os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"{os.getpid()}\n".encode())
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def _recorded_pid(self) -> int | None:
+        try:
+            return int(os.pread(self.fd, 32, 0).decode().strip() or "0") or None
+        except ValueError:
+            return None
 
 
 class Supervisor:
@@ -155,6 +171,7 @@ class Supervisor:
         self.prefix = instance_prefix(self.data_dir)
         self.children: list[Child] = []
         self.stopping = False
+        self.ready = False
         self.memory: BrokerMemory | None = None
         self.listeners: list[socket.socket] = []
         self.http_listener: socket.socket | None = None
@@ -173,7 +190,7 @@ class Supervisor:
         except BlockingIOError:
             raise SystemExit(
                 f"ringbus: data directory {self.data_dir} is in use by another"
-                f" broker (lock held for {LOCK_WAIT_S:.0f} s)"
+                " broker (stop it first, or set RINGBUS_DATA_DIR)"
             ) from None
 
         removed = stale_block_prefix(self.prefix)
@@ -186,7 +203,7 @@ class Supervisor:
                 reason="left by a supervisor that did not stop cleanly",
             )
         self.memory = BrokerMemory.create(
-            self.settings, self.prefix, FIRST_NET_SLOT + self.settings.net_procs
+            self.settings, self.prefix, slot_count(self.settings)
         )
 
         self._bind_listeners()
@@ -260,10 +277,17 @@ class Supervisor:
             "--plan",
             child.plan.to_argument(),
         ]
-        child.popen = subprocess.Popen(command, pass_fds=child.pass_fds)
+        # Each child gets its own process group: a signal sent to the
+        # supervisor's group (Ctrl-C, ``timeout``, a service manager) reaches
+        # the supervisor alone, which then stops the children in order.
+        child.popen = subprocess.Popen(
+            command, pass_fds=child.pass_fds, process_group=0
+        )
         child.started_at = time.monotonic()
         child.restart_at = None
-        self.memory.register_process(child.plan.slot, child.plan.role, child.popen.pid)
+        child.spawn_beat = self.memory.register_process(
+            child.plan.slot, child.plan.role, child.plan.index, child.popen.pid
+        )
         logs.event(
             logger,
             logging.INFO,
@@ -294,15 +318,26 @@ class Supervisor:
         selector = selectors.DefaultSelector()
         selector.register(self._wake_r, selectors.EVENT_READ)
         while not self.stopping:
-            selector.select(timeout=0.5)
+            selector.select(timeout=0.1 if not self.ready else 0.5)
             self._drain_wakeups()
             if self.stopping:
                 break
             self._reap_and_restart()
             self._check_heartbeats()
+            if not self.ready:
+                self._check_ready()
         selector.close()
 
         return self.shutdown()
+
+    def _check_ready(self) -> None:
+        """Log ``broker.ready`` once every child has started for the first time."""
+        assert self.memory is not None
+        for child in self.children:
+            if self.memory.heartbeat(child.plan.slot) == child.spawn_beat:
+                return
+        self.ready = True
+        logs.event(logger, logging.INFO, "broker.ready", pid=os.getpid())
 
     def _drain_wakeups(self) -> None:
         try:
@@ -397,6 +432,14 @@ class Supervisor:
         logs.event(logger, logging.INFO, "broker.stopped")
         return 0
 
+    def abort(self) -> None:
+        """After an unexpected failure: kill every child, release everything."""
+        for child in self.children:
+            if child.popen is not None and child.popen.poll() is None:
+                child.popen.kill()
+                child.popen.wait()
+        self.release()
+
     def release(self) -> None:
         """Unlink shared memory and close every descriptor the broker holds."""
         if self.memory is not None:
@@ -419,12 +462,12 @@ def main() -> int:
     supervisor = Supervisor(settings)
     try:
         supervisor.prepare()
-    except SystemExit:
-        supervisor.release()
-        raise
+        return supervisor.run()
     except OSError as exc:
-        supervisor.release()
+        supervisor.abort()
         if exc.errno == errno.ENOSPC:
             raise SystemExit(f"ringbus: out of shared memory or disk: {exc}") from None
         raise
-    return supervisor.run()
+    except BaseException:
+        supervisor.abort()
+        raise

@@ -93,7 +93,21 @@ class BrokerProcess:
         )
         log.close()
         wait_for_port(self.kafka_port, timeout_s, self.process)
+        self.wait_for_log("broker.ready", timeout_s)
         return self
+
+    def wait_for_log(self, text: str, timeout_s: float) -> None:
+        """Wait until the broker's log contains ``text`` (bounded)."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log_text():
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"broker exited early with code {self.process.returncode}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} not logged within {timeout_s} s")
+            time.sleep(0.05)
 
     @property
     def pid(self) -> int:

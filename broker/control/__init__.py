@@ -1,0 +1,1 @@
+"""The control process: topic metadata, consumer groups, committed offsets."""

@@ -1,0 +1,923 @@
+"""The log of one topic-partition: segments, offsets, rolls, retention, recovery.
+
+Directory ``<data>/<topic>-<partition>/``::
+
+    00000000000000000000.log / .index / .timeindex    sealed segments
+    00000000000000081920.log / .index / .timeindex    the active segment
+    log-state.json                                     clean point, log start
+
+Invariants:
+- Offsets are contiguous: the writer assigns each batch baseOffset = the
+  log end offset, and the next batch starts at baseOffset +
+  lastOffsetDelta + 1. Segments are contiguous too: a segment's base offset
+  is the previous segment's end, so a sealed segment's end is the next
+  segment's base offset.
+- Only the last (active) segment takes appends. Retention and DeleteRecords
+  delete whole segments from the front, never the active one, and move the
+  log start offset.
+
+The clean point (``log-state.json``): a (segment base offset, position)
+below which every byte was fdatasync'ed, with the indexes msync'ed. It is
+written atomically (temporary file, fsync, rename, fsync of the directory)
+by :meth:`PartitionLog.checkpoint` (the periodic flush and a clean close)
+and after truncations. On open, segments before the clean point are adopted
+with O(1) checks; only the clean point's segment (from its last index entry
+below the clean position) and the segments after it are validated, so
+recovery time depends on the unflushed data, not on the total. Without a
+state file every segment is validated. The file also keeps the log start
+offset that DeleteRecords set (a retention move needs no record: it follows
+from the first segment's base offset).
+
+Failure: an append whose write fails (ENOSPC, EIO, ...) is undone (every
+segment cut back to its size before the call, segments rolled during the
+call deleted), then the log refuses appends with the same
+:class:`LogStorageError` until it is reopened, which runs recovery. A failed
+fdatasync is sticky the same way, since the kernel may have dropped the
+dirty pages.
+
+Imported by: the writer process only (one PartitionLog per partition, not
+thread-safe). Other processes read segments through ``SegmentReader``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import os
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from broker.log.batch import (
+    APPEND_FIELDS,
+    BASE_OFFSET_FIELD,
+    BATCH_LENGTH,
+    HEADER_SIZE,
+    LOG_OVERHEAD,
+    MAGIC_V2,
+)
+from broker.log.index import INT32_MAX
+from broker.log.segment import (
+    META_BASE_OFFSET,
+    META_LAST_OFFSET,
+    META_SIZE,
+    SUFFIXES,
+    BatchMeta,
+    Segment,
+    list_segment_base_offsets,
+    segment_path,
+)
+from broker.logs import event
+from broker.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "log-state.json"
+
+# Kafka's default segment.index.bytes (10 MiB) in 8-byte entries; a segment
+# whose index fills up rolls early.
+MAX_INDEX_ENTRIES = (10 << 20) // 8
+STATE_FORMAT = 1
+
+# Kafka's rule for topic names; also keeps a name from leaving the data dir.
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """The storage settings one partition log obeys."""
+
+    segment_bytes: int = 1 << 30
+    segment_ms: int = 7 * 24 * 3600 * 1000
+    index_interval_bytes: int = 4096
+    retention_ms: int = 7 * 24 * 3600 * 1000  # -1: keep forever
+    retention_bytes: int = -1  # -1: no size limit
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LogConfig:
+        return cls(
+            segment_bytes=settings.segment_bytes,
+            segment_ms=settings.segment_ms,
+            index_interval_bytes=settings.index_interval_bytes,
+            retention_ms=settings.retention_ms,
+            retention_bytes=settings.retention_bytes,
+        )
+
+    @property
+    def index_capacity(self) -> int:
+        """Entries one segment's offset index can need: one per interval of
+        a full segment, and never more than one per batch (a batch is at
+        least a header), plus slack for the batch that crosses the limit;
+        at most MAX_INDEX_ENTRIES."""
+        step = max(self.index_interval_bytes, HEADER_SIZE)
+        return min(self.segment_bytes // step + 2, MAX_INDEX_ENTRIES)
+
+
+class LogStorageError(Exception):
+    """A write or sync of a partition's files failed; the log refuses
+    appends until reopened. Carries the topic-partition and the OSError."""
+
+    def __init__(self, topic_partition: str, operation: str, cause: OSError) -> None:
+        self.topic_partition = topic_partition
+        self.operation = operation
+        self.cause = cause
+        super().__init__(
+            f"{topic_partition}: {operation} failed: {cause}; the log refuses "
+            "appends until it is reopened (reopening runs recovery)"
+        )
+
+
+class OffsetOutOfRangeError(ValueError):
+    """An offset outside [log start offset, log end offset]."""
+
+    def __init__(self, topic_partition: str, offset: int, start: int, end: int) -> None:
+        self.topic_partition = topic_partition
+        self.offset = offset
+        self.log_start_offset = start
+        self.log_end_offset = end
+        super().__init__(
+            f"{topic_partition}: offset {offset} outside the log [{start}, {end}]"
+        )
+
+
+class ReadPosition(NamedTuple):
+    """Where a reader starts: the batch holding the offset asked for."""
+
+    segment_base_offset: int
+    position: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class RemovedTail:
+    """Bytes that recovery cut from the end of a segment, and why."""
+
+    segment_base_offset: int
+    position: int
+    bytes: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What opening the log did, so the caller can log or assert on it."""
+
+    clean_point: tuple[int, int] | None
+    segments_scanned: tuple[int, ...]
+    bytes_scanned: int
+    removed: tuple[RemovedTail, ...]
+    indexes_rebuilt: tuple[int, ...]
+    segments_deleted: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PartitionLogStatistics:
+    log_start_offset: int
+    log_end_offset: int
+    segments: int
+    size_bytes: int
+    active_segment_base_offset: int
+    active_segment_bytes: int
+
+
+@dataclass(frozen=True)
+class _State:
+    clean_segment_base_offset: int
+    clean_position: int
+    log_start_offset: int
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PartitionLog:
+    """The append-only log of one topic-partition, owned by the writer."""
+
+    def __init__(
+        self,
+        directory: Path,
+        topic_partition: str,
+        config: LogConfig,
+        segments: list[Segment],
+        log_start_offset: int,
+        clean_point: tuple[int, int] | None,
+        recovery: RecoveryReport,
+    ) -> None:
+        """Use :meth:`open`."""
+        self.directory = directory
+        self.topic_partition = topic_partition
+        self.config = config
+        self._segments = segments
+        self._bases = [segment.base_offset for segment in segments]
+        self._log_start_offset = log_start_offset
+        self._clean_point = clean_point
+        self._persisted_log_start_offset = log_start_offset
+        self._unflushed: dict[int, Segment] = {}
+        self._failure: LogStorageError | None = None
+        self.recovery = recovery
+        self.segments_version = 0
+
+    # -- opening and recovery -------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, data_dir: Path, topic: str, partition: int, config: LogConfig
+    ) -> PartitionLog:
+        """Open or create ``<data_dir>/<topic>-<partition>/`` and recover it."""
+        if not _TOPIC_NAME.match(topic) or topic in (".", ".."):
+            raise ValueError(
+                f"topic name {topic!r}: use 1-249 characters of A-Z a-z 0-9 . _ -"
+            )
+        if partition < 0:
+            raise ValueError(f"partition {partition}: must be >= 0")
+        topic_partition = f"{topic}-{partition}"
+        directory = data_dir / topic_partition
+        directory.mkdir(parents=True, exist_ok=True)
+
+        # Left by an interrupted rename or a crash mid-trim; never needed.
+        for leftover in directory.glob("*.tmp"):
+            leftover.unlink()
+        state = cls._read_state(directory, topic_partition)
+        bases = list_segment_base_offsets(directory)
+        cls._remove_orphan_indexes(directory, bases)
+
+        segments, report = cls._recover_segments(
+            directory, topic_partition, config, bases, state
+        )
+        log_start_offset = segments[0].base_offset
+        if state is not None:
+            log_start_offset = max(log_start_offset, state.log_start_offset)
+        log_start_offset = min(log_start_offset, segments[-1].next_offset)
+
+        log = cls(
+            directory,
+            topic_partition,
+            config,
+            segments,
+            log_start_offset,
+            None
+            if state is None
+            else (state.clean_segment_base_offset, state.clean_position),
+            report,
+        )
+        # Recovered bytes may sit only in the page cache: make them durable
+        # before the clean point moves past them.
+        for segment in segments:
+            if segment.base_offset in report.segments_scanned:
+                log._unflushed[segment.base_offset] = segment
+        if report.segments_scanned or state is None:
+            log._checkpoint_or_fail()
+
+        level = (
+            logging.WARNING
+            if report.removed or report.indexes_rebuilt
+            else logging.INFO
+        )
+        event(
+            logger,
+            level,
+            "log.recovered",
+            topic_partition=topic_partition,
+            clean_point=report.clean_point,
+            segments=len(segments),
+            segments_scanned=len(report.segments_scanned),
+            bytes_scanned=report.bytes_scanned,
+            bytes_removed=sum(removed.bytes for removed in report.removed),
+            indexes_rebuilt=len(report.indexes_rebuilt),
+            segments_deleted=len(report.segments_deleted),
+            log_start_offset=log.log_start_offset,
+            log_end_offset=log.log_end_offset,
+        )
+        return log
+
+    @staticmethod
+    def _read_state(directory: Path, topic_partition: str) -> _State | None:
+        path = directory / STATE_FILE
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != STATE_FORMAT:
+                raise ValueError(f"format {data.get('format')!r}")
+            return _State(
+                clean_segment_base_offset=int(data["clean_segment_base_offset"]),
+                clean_position=int(data["clean_position"]),
+                log_start_offset=int(data["log_start_offset"]),
+            )
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            event(
+                logger,
+                logging.WARNING,
+                "log.state_unreadable",
+                topic_partition=topic_partition,
+                path=path,
+                error=exc,
+                action="validating every segment",
+            )
+            return None
+
+    @staticmethod
+    def _remove_orphan_indexes(directory: Path, bases: list[int]) -> None:
+        present = set(bases)
+        for suffix in SUFFIXES[1:]:
+            for path in directory.glob("*" + suffix):
+                stem = path.name[: -len(suffix)]
+                if len(stem) == 20 and stem.isdigit() and int(stem) not in present:
+                    path.unlink()
+
+    @staticmethod
+    def _recover_segments(
+        directory: Path,
+        topic_partition: str,
+        config: LogConfig,
+        bases: list[int],
+        state: _State | None,
+    ) -> tuple[list[Segment], RecoveryReport]:
+        """Open every segment: adopt those before the clean point, validate
+        the clean point's segment from the clean position and all later
+        ones from their start. After a segment whose tail had to be cut, the
+        later segments cannot follow it and are deleted."""
+        if not bases:
+            start = 0 if state is None else state.log_start_offset
+            segment = Segment(
+                directory,
+                start,
+                index_interval_bytes=config.index_interval_bytes,
+                index_capacity=config.index_capacity,
+            )
+            report = RecoveryReport(None, (), 0, (), (), ())
+            return [segment], report
+
+        clean = (
+            None
+            if state is None
+            else (state.clean_segment_base_offset, state.clean_position)
+        )
+        segments: list[Segment] = []
+        scanned: list[int] = []
+        removed: list[RemovedTail] = []
+        rebuilt: list[int] = []
+        deleted: list[int] = []
+        bytes_scanned = 0
+
+        for number, base in enumerate(bases):
+            is_last = number == len(bases) - 1
+            if removed:
+                # An earlier segment lost its tail: offsets would not connect.
+                Segment(
+                    directory, base, index_interval_bytes=1, index_capacity=0
+                ).delete()
+                deleted.append(base)
+                event(
+                    logger,
+                    logging.WARNING,
+                    "segment.deleted",
+                    topic_partition=topic_partition,
+                    base_offset=base,
+                    reason="follows_truncated_segment",
+                )
+                continue
+
+            trusted = clean is not None and (base < clean[0])
+            segment = Segment(
+                directory,
+                base,
+                index_interval_bytes=config.index_interval_bytes,
+                index_capacity=0 if trusted and not is_last else config.index_capacity,
+            )
+            from_position = 0
+            problem = None
+            if trusted and not is_last:
+                problem = segment.restore_sealed(bases[number + 1])
+                if problem is None:
+                    segments.append(segment)
+                    continue
+                segment.unseal(config.index_capacity)
+            elif trusted:
+                from_position = segment.size
+            elif clean is not None and base == clean[0]:
+                from_position = clean[1]
+
+            previous_end = segments[-1].next_offset if segments else base
+            result = segment.recover(
+                from_position, min_base_offset=previous_end, rebuild_reason=problem
+            )
+            scanned.append(base)
+            bytes_scanned += result.bytes_scanned
+            if result.index_rebuilt_reason is not None:
+                rebuilt.append(base)
+                event(
+                    logger,
+                    logging.WARNING,
+                    "segment.index_rebuilt",
+                    topic_partition=topic_partition,
+                    base_offset=base,
+                    reason=result.index_rebuilt_reason,
+                )
+            if result.bytes_removed:
+                tail = RemovedTail(
+                    base,
+                    segment.size,
+                    result.bytes_removed,
+                    result.removed_reason or "",
+                )
+                removed.append(tail)
+                event(
+                    logger,
+                    logging.WARNING,
+                    "log.truncated",
+                    topic_partition=topic_partition,
+                    cause="recovery",
+                    segment_base_offset=base,
+                    position=tail.position,
+                    bytes_removed=tail.bytes,
+                    reason=tail.reason,
+                )
+            if not is_last and not removed:
+                segment.seal()
+            segments.append(segment)
+
+        active = segments[-1]
+        if active.sealed:
+            active.unseal(config.index_capacity)
+        elif active.size:
+            active.first_append_ms = active.first_batch_timestamp()
+        report = RecoveryReport(
+            clean_point=clean,
+            segments_scanned=tuple(scanned),
+            bytes_scanned=bytes_scanned,
+            removed=tuple(removed),
+            indexes_rebuilt=tuple(rebuilt),
+            segments_deleted=tuple(deleted),
+        )
+        return segments, report
+
+    # -- offsets --------------------------------------------------------------
+
+    @property
+    def log_start_offset(self) -> int:
+        return self._log_start_offset
+
+    @property
+    def log_end_offset(self) -> int:
+        return self._segments[-1].next_offset
+
+    @property
+    def active_segment_base_offset(self) -> int:
+        return self._segments[-1].base_offset
+
+    @property
+    def end_position(self) -> int:
+        """Byte position of the end of the active segment (the next append)."""
+        return self._segments[-1].size
+
+    def segment_base_offsets(self) -> list[int]:
+        return list(self._bases)
+
+    def statistics(self) -> PartitionLogStatistics:
+        active = self._segments[-1]
+        return PartitionLogStatistics(
+            log_start_offset=self._log_start_offset,
+            log_end_offset=active.next_offset,
+            segments=len(self._segments),
+            size_bytes=sum(segment.size for segment in self._segments),
+            active_segment_base_offset=active.base_offset,
+            active_segment_bytes=active.size,
+        )
+
+    # -- append ---------------------------------------------------------------
+
+    def append(self, batches: Sequence[memoryview], now_ms: int) -> tuple[int, int]:
+        """Assign offsets to ``batches`` (rewriting each baseOffset in place)
+        and append them; returns (first base offset, last offset).
+
+        ``batches`` are writable memoryviews of unsigned bytes, each holding
+        exactly one batch already checked by ``validate_batch``; all of one
+        loop turn for this partition, so one writev covers them. A malformed
+        batch raises ValueError before anything is changed. A failed write
+        raises LogStorageError and leaves the log as it was before the call.
+        """
+        if self._failure is not None:
+            raise self._failure
+        if not batches:
+            raise ValueError(f"{self.topic_partition}: append needs at least one batch")
+
+        # LIMITATION: batches flagged LogAppendTime keep the producer's
+        # maxTimestamp (stamping it means a new CRC); retention and time
+        # lookups then use the producer's clock.
+        metas = self._assign_offsets(batches)
+        segments_before = len(self._segments)
+        size_before = self._segments[-1].size
+        try:
+            self._append_assigned(batches, metas, now_ms)
+        except OSError as exc:
+            self._failure = LogStorageError(self.topic_partition, "append", exc)
+            self._undo_append(segments_before, size_before, exc)
+            raise self._failure from exc
+        return metas[0][META_BASE_OFFSET], metas[-1][META_LAST_OFFSET]
+
+    def _assign_offsets(self, batches: Sequence[memoryview]) -> list[BatchMeta]:
+        """Check every batch's framing, then rewrite baseOffsets; nothing is
+        rewritten unless all batches pass."""
+        metas: list[BatchMeta] = []
+        next_offset = self._segments[-1].next_offset
+        unpack = APPEND_FIELDS.unpack_from
+        for view in batches:
+            try:
+                batch_length, magic, last_delta, max_timestamp = unpack(
+                    view, BATCH_LENGTH
+                )
+            except (struct.error, TypeError) as exc:
+                raise ValueError(
+                    f"{self.topic_partition}: batch {len(metas)} ({len(view)} bytes) "
+                    "is shorter than a batch header"
+                ) from exc
+            size = batch_length + LOG_OVERHEAD
+            if (
+                magic != MAGIC_V2
+                or size != len(view)
+                or last_delta < 0
+                or view.readonly
+            ):
+                raise ValueError(
+                    f"{self.topic_partition}: batch {len(metas)} is malformed or "
+                    f"read-only: magic {magic}, batchLength {batch_length} for "
+                    f"{len(view)} bytes, lastOffsetDelta {last_delta}, "
+                    f"read-only {view.readonly}"
+                )
+            last_offset = next_offset + last_delta
+            metas.append((next_offset, last_offset, max_timestamp, size))
+            next_offset = last_offset + 1
+
+        pack = BASE_OFFSET_FIELD.pack_into
+        for view, meta in zip(batches, metas, strict=True):
+            pack(view, 0, meta[META_BASE_OFFSET])
+        return metas
+
+    def _roll_reason(
+        self, active: Segment, pending: int, meta: BatchMeta, now_ms: int
+    ) -> str | None:
+        if active.size + pending == 0:
+            return None  # an empty segment takes any batch, however large
+        if active.size + pending + meta[META_SIZE] > self.config.segment_bytes:
+            return "segment_bytes"
+        if meta[META_LAST_OFFSET] - active.base_offset >= INT32_MAX:
+            return "offset_range"
+        if pending:
+            return None
+        if active.index_full:
+            return "index_full"
+        if (
+            active.first_append_ms is not None
+            and now_ms - active.first_append_ms >= self.config.segment_ms
+        ):
+            return "segment_ms"
+        return None
+
+    def _append_assigned(
+        self, batches: Sequence[memoryview], metas: list[BatchMeta], now_ms: int
+    ) -> None:
+        """Write in groups, one per segment, rolling between groups."""
+        active = self._segments[-1]
+
+        # The common case, checked once for the whole call: everything fits.
+        total = sum([meta[META_SIZE] for meta in metas])
+        if (
+            active.size + total <= self.config.segment_bytes
+            and metas[-1][META_LAST_OFFSET] - active.base_offset < INT32_MAX
+            and not active.index_full
+            and (
+                active.first_append_ms is None
+                or now_ms - active.first_append_ms < self.config.segment_ms
+            )
+        ):
+            active.append(batches, metas, now_ms)
+            self._unflushed[active.base_offset] = active
+            return
+
+        start = 0
+        pending = 0
+        for number, meta in enumerate(metas):
+            reason = self._roll_reason(active, pending, meta, now_ms)
+            if reason is not None:
+                if number > start:
+                    active.append(batches[start:number], metas[start:number], now_ms)
+                    self._unflushed[active.base_offset] = active
+                active = self._roll(reason)
+                start = number
+                pending = 0
+            pending += meta[META_SIZE]
+        active.append(batches[start:], metas[start:], now_ms)
+        self._unflushed[active.base_offset] = active
+
+    def _roll(self, reason: str) -> Segment:
+        previous = self._segments[-1]
+        previous.seal()
+        segment = Segment(
+            self.directory,
+            previous.next_offset,
+            index_interval_bytes=self.config.index_interval_bytes,
+            index_capacity=self.config.index_capacity,
+        )
+        self._segments.append(segment)
+        self._bases.append(segment.base_offset)
+        self.segments_version += 1
+        event(
+            logger,
+            logging.INFO,
+            "segment.rolled",
+            topic_partition=self.topic_partition,
+            base_offset=segment.base_offset,
+            previous_base_offset=previous.base_offset,
+            previous_bytes=previous.size,
+            reason=reason,
+        )
+        return segment
+
+    def _undo_append(
+        self, segments_before: int, size_before: int, cause: OSError
+    ) -> None:
+        """Put the log back as it was before a failed append. If this fails
+        too, the failure stays sticky and recovery on reopen repairs it."""
+        try:
+            while len(self._segments) > segments_before:
+                rolled = self._segments.pop()
+                self._bases.pop()
+                self._unflushed.pop(rolled.base_offset, None)
+                rolled.delete()
+            active = self._segments[-1]
+            if active.sealed:
+                active.unseal(self.config.index_capacity)
+            active.truncate_to_position(size_before)
+        except OSError as undo:
+            cause.add_note(f"undoing the append failed: {undo}")
+        self.segments_version += 1
+
+    # -- durability -----------------------------------------------------------
+
+    def flush(self) -> None:
+        """fdatasync every segment appended to since the last flush (the
+        acks=-1 group commit: one call covers a whole loop turn)."""
+        if not self._unflushed:
+            return
+        try:
+            for segment in list(self._unflushed.values()):
+                segment.flush()
+        except OSError as exc:
+            self._failure = LogStorageError(self.topic_partition, "fdatasync", exc)
+            raise self._failure from exc
+        self._unflushed.clear()
+
+    def checkpoint(self) -> None:
+        """Flush, then record the clean point (the periodic flush)."""
+        if self._failure is not None:
+            raise self._failure
+        self._checkpoint_or_fail()
+
+    def _checkpoint_or_fail(self) -> None:
+        self.flush()
+        active = self._segments[-1]
+        clean_point = (active.base_offset, active.size)
+        if (
+            clean_point == self._clean_point
+            and self._log_start_offset == self._persisted_log_start_offset
+        ):
+            return
+        try:
+            self._write_state(clean_point)
+        except OSError as exc:
+            self._failure = LogStorageError(
+                self.topic_partition, "writing the clean point", exc
+            )
+            raise self._failure from exc
+
+    def _write_state(self, clean_point: tuple[int, int] | None) -> None:
+        """Write log-state.json atomically: temp file, fsync, rename, fsync dir."""
+        if clean_point is None:
+            clean_point = self._clean_point or (self._segments[0].base_offset, 0)
+        data = json.dumps(
+            {
+                "format": STATE_FORMAT,
+                "clean_segment_base_offset": clean_point[0],
+                "clean_position": clean_point[1],
+                "log_start_offset": self._log_start_offset,
+            }
+        ).encode()
+        temporary = self.directory / (STATE_FILE + ".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, self.directory / STATE_FILE)
+        _fsync_directory(self.directory)
+        self._clean_point = clean_point
+        self._persisted_log_start_offset = self._log_start_offset
+
+    # -- retention and deletion -----------------------------------------------
+
+    def _delete_oldest(self, reason: str) -> int:
+        segment = self._segments.pop(0)
+        self._bases.pop(0)
+        self._unflushed.pop(segment.base_offset, None)
+        size = segment.size
+        max_timestamp = segment.max_timestamp
+        segment.delete()
+        self.segments_version += 1
+        self._log_start_offset = max(
+            self._log_start_offset, self._segments[0].base_offset
+        )
+        event(
+            logger,
+            logging.INFO,
+            "segment.deleted",
+            topic_partition=self.topic_partition,
+            base_offset=segment.base_offset,
+            bytes=size,
+            max_timestamp=max_timestamp,
+            reason=reason,
+            log_start_offset=self._log_start_offset,
+        )
+        return segment.base_offset
+
+    def enforce_retention(self, now_ms: int) -> list[int]:
+        """Delete the oldest sealed segments whose largest timestamp is older
+        than retention_ms, then the oldest while the log is larger than
+        retention_bytes; never the active segment. Returns the base offsets
+        deleted.
+
+        Only a prefix of the log goes, as in Kafka: a segment that has not
+        expired keeps every later one, so the log never gets a hole.
+        """
+        deleted: list[int] = []
+        retention_ms = self.config.retention_ms
+        if retention_ms >= 0:
+            while (
+                len(self._segments) > 1
+                and now_ms - self._segments[0].max_timestamp > retention_ms
+            ):
+                deleted.append(self._delete_oldest("retention_ms"))
+
+        retention_bytes = self.config.retention_bytes
+        if retention_bytes >= 0:
+            total = sum(segment.size for segment in self._segments)
+            while len(self._segments) > 1 and total > retention_bytes:
+                total -= self._segments[0].size
+                deleted.append(self._delete_oldest("retention_bytes"))
+        return deleted
+
+    def delete_records_before(self, offset: int) -> int:
+        """DeleteRecords: move the log start offset up to ``offset`` (kept
+        on disk at once) and delete the sealed segments wholly below it.
+        Returns the new log start offset."""
+        if offset > self.log_end_offset or offset < 0:
+            raise OffsetOutOfRangeError(
+                self.topic_partition,
+                offset,
+                self._log_start_offset,
+                self.log_end_offset,
+            )
+        if offset <= self._log_start_offset:
+            return self._log_start_offset
+
+        self._log_start_offset = offset
+        while len(self._segments) > 1 and self._segments[1].base_offset <= offset:
+            self._delete_oldest("log_start_offset")
+        try:
+            self._write_state(None)
+        except OSError as exc:
+            raise LogStorageError(
+                self.topic_partition, "writing the log start offset", exc
+            ) from exc
+        return self._log_start_offset
+
+    def truncate_to(self, offset: int) -> int:
+        """Remove every batch holding an offset >= ``offset`` (a batch that
+        straddles it goes whole), then record the clean point. Returns the
+        new log end offset, which is <= ``offset``. Below the log start
+        offset the log is emptied and restarts at ``offset``."""
+        if self._failure is not None:
+            raise self._failure
+        end_before = self.log_end_offset
+        if offset >= end_before:
+            return end_before
+        if offset < 0:
+            raise ValueError(
+                f"{self.topic_partition}: cannot truncate to offset {offset}"
+            )
+
+        bytes_before = sum(segment.size for segment in self._segments)
+        try:
+            if (
+                offset <= self._segments[0].base_offset
+                or offset < self._log_start_offset
+            ):
+                self._truncate_fully(offset)
+            else:
+                while self._segments[-1].base_offset >= offset:
+                    segment = self._segments.pop()
+                    self._bases.pop()
+                    self._unflushed.pop(segment.base_offset, None)
+                    segment.delete()
+                active = self._segments[-1]
+                if active.sealed:
+                    active.unseal(self.config.index_capacity)
+                active.truncate_to_offset(offset)
+                self._unflushed[active.base_offset] = active
+            self.segments_version += 1
+            self._checkpoint_or_fail()
+        except OSError as exc:
+            self._failure = LogStorageError(self.topic_partition, "truncate", exc)
+            raise self._failure from exc
+
+        event(
+            logger,
+            logging.INFO,
+            "log.truncated",
+            topic_partition=self.topic_partition,
+            cause="truncate_to",
+            offset=offset,
+            log_end_offset=self.log_end_offset,
+            bytes_removed=bytes_before
+            - sum(segment.size for segment in self._segments),
+        )
+        return self.log_end_offset
+
+    def _truncate_fully(self, offset: int) -> None:
+        for segment in self._segments:
+            segment.delete()
+        self._unflushed.clear()
+        segment = Segment(
+            self.directory,
+            offset,
+            index_interval_bytes=self.config.index_interval_bytes,
+            index_capacity=self.config.index_capacity,
+        )
+        self._segments = [segment]
+        self._bases = [offset]
+        self._log_start_offset = offset
+        self._unflushed[offset] = segment
+
+    # -- read side ------------------------------------------------------------
+
+    def read_position(self, offset: int) -> ReadPosition:
+        """The segment, byte position and file of the batch holding
+        ``offset``; at the log end offset, the end of the active segment.
+        Raises OffsetOutOfRangeError outside [log start, log end]."""
+        end = self.log_end_offset
+        if offset < self._log_start_offset or offset > end:
+            raise OffsetOutOfRangeError(
+                self.topic_partition, offset, self._log_start_offset, end
+            )
+
+        first = max(bisect.bisect_right(self._bases, offset) - 1, 0)
+        for segment in self._segments[first:]:
+            found = segment.find_position(offset)
+            if found is not None:
+                return ReadPosition(segment.base_offset, found[0], segment.log_path)
+        active = self._segments[-1]
+        return ReadPosition(active.base_offset, active.size, active.log_path)
+
+    def offset_for_timestamp(self, timestamp: int) -> int | None:
+        """Base offset of the first batch whose maxTimestamp >= ``timestamp``
+        (at least the log start offset); None when no batch is that late.
+
+        LIMITATION: answers at batch granularity (the broker does not decode
+        records); ListOffsets may return an offset whose first records are
+        older than ``timestamp``, which consumers then read too.
+        """
+        for segment in self._segments:
+            if segment.max_timestamp < timestamp:
+                continue
+            found = segment.find_timestamp(timestamp)
+            if found is not None:
+                return max(found[1].base_offset, self._log_start_offset)
+        return None
+
+    def segment_path(self, base_offset: int, suffix: str) -> Path:
+        return segment_path(self.directory, base_offset, suffix)
+
+    # -- closing --------------------------------------------------------------
+
+    def close(self, *, checkpoint: bool = True) -> None:
+        """Clean close: seal the active segment's indexes, checkpoint, close
+        the files. After a failure, or with ``checkpoint=False``, nothing is
+        recorded: the files are left as a crash would leave them and the
+        next open recovers from the last clean point."""
+        try:
+            if checkpoint and self._failure is None:
+                self._segments[-1].seal()
+                self._checkpoint_or_fail()
+        finally:
+            for segment in self._segments:
+                segment.close()

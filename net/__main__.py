@@ -1,0 +1,21 @@
+"""``python -m net``: a network I/O process entry point.
+
+# TODO(kafka-front): accept Kafka connections on the inherited listener and
+# serve requests; until then the process only keeps its heartbeat.
+"""
+
+from __future__ import annotations
+
+import time
+
+from broker.process import HEARTBEAT_INTERVAL_S, ChildRuntime, run_child
+
+
+def main(runtime: ChildRuntime) -> int:
+    while not runtime.stopping and runtime.parent_alive():
+        time.sleep(HEARTBEAT_INTERVAL_S)
+        runtime.beat()
+    return 0
+
+
+run_child(main)
