@@ -1,21 +1,6 @@
-"""``python -m net``: a network I/O process entry point.
+"""``python -m net``: a network I/O process (see ``net.server``)."""
 
-# TODO(kafka-front): accept Kafka connections on the inherited listener and
-# serve requests; until then the process only keeps its heartbeat.
-"""
-
-from __future__ import annotations
-
-import time
-
-from broker.process import HEARTBEAT_INTERVAL_S, ChildRuntime, run_child
-
-
-def main(runtime: ChildRuntime) -> int:
-    while not runtime.stopping and runtime.parent_alive():
-        time.sleep(HEARTBEAT_INTERVAL_S)
-        runtime.beat()
-    return 0
-
+from broker.process import run_child
+from net.server import main
 
 run_child(main)

@@ -147,6 +147,20 @@ class BrokerProcess:
             self.process.wait(timeout=10)
 
 
+@pytest.fixture(scope="module")
+def module_broker(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[BrokerProcess]:
+    """One broker shared by the tests of a module (start-up costs add up)."""
+    broker = BrokerProcess(tmp_path_factory.mktemp("broker") / "data")
+    broker.start()
+    yield broker
+    try:
+        assert broker.stop() == 0, broker.log_text()[-4000:]
+    finally:
+        broker.cleanup()
+
+
 @pytest.fixture
 def broker_factory(tmp_path: Path) -> Iterator[type[BrokerProcess]]:
     """Build brokers in this test's temporary directory; all are cleaned up."""
