@@ -1,21 +1,8 @@
-"""``python -m broker.control``: the control process entry point.
-
-# TODO(control): serve forwarded admin and group requests on the inherited
-# Unix listener; until then the process only keeps its heartbeat.
-"""
+"""``python -m broker.control``: the control process (see ``server``)."""
 
 from __future__ import annotations
 
-import time
-
-from broker.process import HEARTBEAT_INTERVAL_S, ChildRuntime, run_child
-
-
-def main(runtime: ChildRuntime) -> int:
-    while not runtime.stopping and runtime.parent_alive():
-        time.sleep(HEARTBEAT_INTERVAL_S)
-        runtime.beat()
-    return 0
-
+from broker.control.server import main
+from broker.process import run_child
 
 run_child(main)
