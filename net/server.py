@@ -29,6 +29,7 @@ import uvloop
 
 from broker.control.client import ControlClient
 from broker.control.metadata import Topic
+from broker.control.responses import unavailable_response
 from broker.logs import event
 from broker.process import HEARTBEAT_INTERVAL_S, ChildRuntime
 from net.connection import Connection
@@ -296,9 +297,12 @@ class NetProcess:
         request = len(frame).to_bytes(4, "big") + bytes(frame)
 
         async def relay() -> None:
+            reply: bytes | None
             try:
                 reply = await self.control.call(request)
             except Exception as exc:
+                # The control process is restarting or overloaded: answer
+                # with the retriable error clients expect for this API.
                 event(
                     logger,
                     logging.WARNING,
@@ -306,13 +310,16 @@ class NetProcess:
                     api_key=header.api_key,
                     error=exc,
                 )
-                reply = None
+                reply = unavailable_response(request)
+                errors = 1
+            else:
+                errors = 0
             if reply is None:
                 connection.close(
                     "control process refused the request", api_key=header.api_key
                 )
                 return
-            self.request_done(header.api_key, started, 0)
+            self.request_done(header.api_key, started, errors)
             connection.complete(slot, [reply])
 
         task = self.loop.create_task(relay())
