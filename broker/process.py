@@ -100,7 +100,9 @@ class ChildRuntime:
         self._heartbeat_column = self.memory.counters.counter_id(HEARTBEAT)
         self._beats = self.memory.counters.counters[plan.slot]
         self.stopping = False
-        self.beat()
+        # No beat yet: the supervisor takes the first one as "started", so
+        # each role beats once its start-up work (e.g. recovery) is done or
+        # while it is making progress on it.
 
     def beat(self) -> None:
         """Tell the supervisor this process is alive and making progress."""

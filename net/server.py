@@ -163,10 +163,14 @@ class NetProcess:
             produce.sender.disarm()
             produce.retry_stalled()
         self.fetch.wake()
-        if not produce.receiver.arm():
-            return
-        # Completions arrived while arming: take them now.
-        produce.drain_completions()
+
+        # Arm for the next completion; if some arrived meanwhile, take them
+        # and arm again (bounded: the writer cannot outrun us forever).
+        for _ in range(64):
+            if not produce.receiver.arm():
+                return
+            produce.receiver.disarm()
+            produce.drain_completions()
 
     # -- connections ------------------------------------------------------------
 

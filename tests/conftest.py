@@ -76,12 +76,16 @@ class BrokerProcess:
         env.update({f"RINGBUS_{k.upper()}": str(v) for k, v in settings.items()})
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
+        self.log_offset = 0
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
 
     def start(self, timeout_s: float = 30.0) -> BrokerProcess:
+        # Several runs on one data dir share the log file; this run's lines
+        # start here.
+        self.log_offset = len(self.log_text())
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "broker"],
@@ -100,7 +104,7 @@ class BrokerProcess:
         """Wait until the broker's log contains ``text`` (bounded)."""
         assert self.process is not None
         deadline = time.monotonic() + timeout_s
-        while text not in self.log_text():
+        while text not in self.run_log():
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"broker exited early with code {self.process.returncode}"
@@ -113,6 +117,10 @@ class BrokerProcess:
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
+
+    def run_log(self) -> str:
+        """The log lines of the current (or last) run only."""
+        return self.log_text()[self.log_offset :]
 
     def log_text(self) -> str:
         return (
