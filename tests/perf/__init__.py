@@ -1,0 +1,1 @@
+"""Tests of the perf harness (perf/ is run from the repository root)."""
