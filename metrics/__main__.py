@@ -1,21 +1,6 @@
-"""``python -m metrics``: the metrics process entry point.
+"""``python -m metrics``: the metrics process (see ``metrics.process``)."""
 
-# TODO(observability): serve /metrics, /api/v1 and the UI on the inherited
-# HTTP listener; until then the process only keeps its heartbeat.
-"""
-
-from __future__ import annotations
-
-import time
-
-from broker.process import HEARTBEAT_INTERVAL_S, ChildRuntime, run_child
-
-
-def main(runtime: ChildRuntime) -> int:
-    while not runtime.stopping and runtime.parent_alive():
-        time.sleep(HEARTBEAT_INTERVAL_S)
-        runtime.beat()
-    return 0
-
+from broker.process import run_child
+from metrics.process import main
 
 run_child(main)
