@@ -143,7 +143,11 @@ class Connection:
             self.close("recv failed", level=logging.DEBUG, error=exc.strerror)
             return
         if received == 0:
-            self.close("peer closed", level=logging.DEBUG)
+            if self.end > self.start:
+                # The stream ended inside a frame: a truncated request.
+                self.close("peer closed mid-frame", bytes=self.end - self.start)
+            else:
+                self.close("peer closed", level=logging.DEBUG)
             return
         self.end += received
         self._handle_buffer()
@@ -169,6 +173,8 @@ class Connection:
         self.pending_frames.extend(scan.frames)
         self.consumed_to = self.start + scan.consumed
         self._handle_pending()
+        if self.closed:
+            return
 
         if scan.missing and not self.stalled:
             # A large frame is on its way: grow once to hold all of it.
@@ -184,6 +190,9 @@ class Connection:
                 # The handler stalled on a full ring; it resumes us later.
                 self.stalled = True
                 self.stop_reading()
+                return
+            if self.closed:
+                # The handler closed us; close() released every frame.
                 return
             frames.popleft().release()
         if self.closed:

@@ -14,6 +14,10 @@ For each Produce request:
 
 A full ring stalls the connection (it stops reading, its frames stay in its
 buffer) until the writer frees space; nothing is dropped or copied aside.
+A request that waits for auto-created topics stalls it the same way, so
+later requests cannot overtake it. Once its batches are in the ring a
+request lets go of its views into the receive buffer (a bytearray cannot
+grow while views of it are alive).
 DeleteRecords uses the same ring with descriptor-only commands, since only
 the writer changes a log.
 
@@ -171,12 +175,16 @@ class ProducePath:
                 self._check_batch(pending, result, index, partition, acks, invalid_code)
 
         if missing:
+            # Stall the connection until the topics exist: its later requests
+            # must not overtake this one, and the batches already checked are
+            # views into the receive buffer, which must not be overwritten.
             task = self.process.loop.create_task(
                 self._after_create(connection, pending, set(missing), invalid_code)
             )
             self.process.background.add(task)
             task.add_done_callback(self.process.background.discard)
-            return True
+            pending.holds_frame = True
+            return False
         if self._enqueue(connection, pending):
             return True
         pending.holds_frame = True
@@ -231,6 +239,23 @@ class ProducePath:
         except Exception:
             event(logger, logging.ERROR, "topic.auto_create_error", exc_info=True)
 
+        self._check_created(pending, invalid_code)
+
+        if connection.closed:
+            return
+        # Answering at once (no batch to append) may find the peer gone.
+        if self._enqueue(connection, pending) and not connection.closed:
+            # On a full ring, retry_stalled does this once there is space.
+            connection.pending_frames.popleft().release()
+            pending.holds_frame = False
+            connection.resume()
+
+    def _check_created(self, pending: PendingRequest, invalid_code: int) -> None:
+        """Resolve and check the batches of topics that were just created.
+
+        A method of its own so that no local keeps a view into the receive
+        buffer alive once the request is in the ring and the connection
+        resumes."""
         waiting = pending.items
         pending.items = []
         views = self.process.topics
@@ -247,12 +272,6 @@ class ProducePath:
             index = resolved
             partition = {"records": memoryview(records)}
             self._check_batch(pending, result, index, partition, acks, invalid_code)
-
-        if connection.closed:
-            return
-        if not self._enqueue(connection, pending):
-            connection.stalled = True
-            connection.stop_reading()
 
     def handle_delete_records(
         self, connection: Connection, header: RequestHeader, body: dict[str, Any]
@@ -314,6 +333,7 @@ class ProducePath:
                 self._arm_for_space()
                 return False
             pending.cursor += placed
+        _drop_batch_views(pending)
         return True
 
     def _place(
@@ -385,6 +405,7 @@ class ProducePath:
             if placed == 0:
                 return False
             pending.cursor += placed
+        _drop_batch_views(pending)
         return True
 
     def _arm_for_space(self) -> None:
@@ -453,6 +474,13 @@ class ProducePath:
         """Forget stalled work of a closed connection; its batches already on
         the ring still complete (and are dropped then)."""
         self.stalled = deque((c, p) for c, p in self.stalled if c is not connection)
+
+
+def _drop_batch_views(pending: PendingRequest) -> None:
+    """Every batch is in the ring: let go of the views into the connection's
+    receive buffer, which cannot grow while any of them is alive (BufferError)."""
+    pending.items = []
+    pending.cursor = 0
 
 
 def _partition_result(index: int) -> dict[str, Any]:
