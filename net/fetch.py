@@ -137,6 +137,7 @@ class FetchPath:
         counters = process.memory.counters
         self.counters = process.runtime.counters
         self.c_fetch_bytes = counters.counter_id("fetch_bytes")
+        self.c_fetch_records = counters.counter_id("fetch_records")
         self.parked_gauge = counters.counters[process.runtime.plan.slot]
         self.c_parked = counters.counter_id("parked_fetches_gauge")
 
@@ -195,7 +196,11 @@ class FetchPath:
         chunks = codec.encode_response(
             ApiKey.FETCH, header.api_version, header.correlation_id, response
         )
-        self.process.request_done(ApiKey.FETCH, started_ns, 0)
+        self.process.request_done(
+            ApiKey.FETCH,
+            started_ns,
+            [p["error_code"] for t in response["responses"] for p in t["partitions"]],
+        )
         connection.complete(slot, chunks)
 
     def _build(
@@ -320,6 +325,15 @@ class FetchPath:
             length = batch.size
         result["records"] = FileRange(reader.fd, position, length)
         self.counters.add(self.c_fetch_bytes, length)
+
+        # Offsets are contiguous, so a range that reaches the high watermark
+        # holds exactly high watermark - first base offset records.
+        # LIMITATION: a range cut by max bytes is counted in proportion to
+        # its bytes (reading every batch header would cost a pread each).
+        span = high_watermark - batch.base_offset
+        if position + length < end:
+            span = span * length // max(end - position, 1)
+        self.counters.add(self.c_fetch_records, span)
         return length
 
     # -- parking ----------------------------------------------------------------
@@ -388,7 +402,11 @@ class FetchPath:
         chunks = codec.encode_response(
             ApiKey.LIST_OFFSETS, header.api_version, header.correlation_id, response
         )
-        self.process.request_done(ApiKey.LIST_OFFSETS, started, 0)
+        self.process.request_done(
+            ApiKey.LIST_OFFSETS,
+            started,
+            [p["error_code"] for t in topics_out for p in t["partitions"]],
+        )
         connection.send_now(chunks)
 
     def _list_offset(

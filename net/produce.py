@@ -454,15 +454,14 @@ class ProducePath:
     def _finish(self, pending: PendingRequest) -> None:
         process = self.process
         header = pending.header
-        errors = sum(
-            1
+        codes = [
+            result["error_code"]
             for topic in pending.response.get(
                 "responses", pending.response.get("topics", [])
             )
             for result in topic.get("partition_responses", topic.get("partitions", []))
-            if result["error_code"]
-        )
-        process.request_done(header.api_key, pending.started_ns, errors)
+        ]
+        process.request_done(header.api_key, pending.started_ns, codes)
         if pending.slot is None or pending.connection.closed:
             return
         chunks = codec.encode_response(

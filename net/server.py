@@ -23,6 +23,7 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import uvloop
@@ -30,6 +31,7 @@ import uvloop
 from broker.control.client import ControlClient
 from broker.control.metadata import Topic
 from broker.control.responses import unavailable_response
+from broker.layout import REQUEST_APIS, error_code_counter
 from broker.logs import event
 from broker.process import HEARTBEAT_INTERVAL_S, ChildRuntime
 from net.connection import Connection
@@ -107,6 +109,16 @@ class NetProcess:
         self.c_requests = counters.counter_id("requests")
         self.c_errors = counters.counter_id("request_errors")
         self.h_latency = counters.histogram_id("request_latency_us")
+        # api key -> (requests column, errors column, latency histogram)
+        self.api_columns = {
+            key: (
+                counters.counter_id(f"requests_{name}"),
+                counters.counter_id(f"request_errors_{name}"),
+                counters.histogram_id(f"request_latency_us_{name}"),
+            )
+            for key, name in REQUEST_APIS.items()
+        }
+        self._error_columns: dict[int, int] = {}
         self.row = counters.counters[runtime.plan.slot]
 
     # -- life cycle -------------------------------------------------------------
@@ -206,13 +218,35 @@ class NetProcess:
         self.row[self.c_active] = len(self.connections)
         self.produce.connection_closed(connection)
 
-    def request_done(self, api_key: int, started_ns: int, errors: int) -> None:
-        self.counters.add(self.c_requests)
-        if errors:
-            self.counters.add(self.c_errors)
-        self.counters.observe(
-            self.h_latency, (time.monotonic_ns() - started_ns) // 1000
-        )
+    def request_done(
+        self, api_key: int, started_ns: int, error_codes: Sequence[int] = ()
+    ) -> None:
+        """Count a finished request: totals and per API, latency, and each
+        non-zero error code its response carries."""
+        columns = self.api_columns.get(api_key)
+        latency_us = (time.monotonic_ns() - started_ns) // 1000
+        counters = self.counters
+        counters.add(self.c_requests)
+        counters.observe(self.h_latency, latency_us)
+        if columns is not None:
+            counters.add(columns[0])
+            counters.observe(columns[2], latency_us)
+        failed = False
+        for code in error_codes:
+            if code:
+                failed = True
+                counters.add(self.error_columns(code))
+        if failed:
+            counters.add(self.c_errors)
+            if columns is not None:
+                counters.add(columns[1])
+
+    def error_columns(self, code: int) -> int:
+        column = self._error_columns.get(code)
+        if column is None:
+            column = self.memory.counters.counter_id(error_code_counter(code))
+            self._error_columns[code] = column
+        return column
 
     # -- requests ---------------------------------------------------------------
 
@@ -240,7 +274,7 @@ class NetProcess:
             connection.send_now(
                 [api_versions_response(header.correlation_id, header.api_version)]
             )
-            self.request_done(api_key, started, 0)
+            self.request_done(api_key, started)
             return True
         if api_key not in ANSWERED_HERE:
             self._forward(connection, header, frame)
@@ -315,15 +349,12 @@ class NetProcess:
                     error=exc,
                 )
                 reply = unavailable_response(request)
-                errors = 1
-            else:
-                errors = 0
             if reply is None:
                 connection.close(
                     "control process refused the request", api_key=header.api_key
                 )
                 return
-            self.request_done(header.api_key, started, errors)
+            self.request_done(header.api_key, started, _error_codes(header, reply))
             connection.complete(slot, [reply])
 
         task = self.loop.create_task(relay())
@@ -378,7 +409,7 @@ class NetProcess:
         else:
             listed = [(name, self.topics.topic(name)) for name in names]
 
-        topics_out = []
+        topics_out: list[dict[str, Any]] = []
         for name, topic in listed:
             if topic is None:
                 topics_out.append(
@@ -428,7 +459,9 @@ class NetProcess:
         chunks = codec.encode_response(
             ApiKey.METADATA, header.api_version, header.correlation_id, response
         )
-        self.request_done(ApiKey.METADATA, started, 0)
+        self.request_done(
+            ApiKey.METADATA, started, [t["error_code"] for t in topics_out]
+        )
         connection.complete(slot, chunks)
 
     # -- SASL ---------------------------------------------------------------------
@@ -453,6 +486,31 @@ class NetProcess:
                 header.api_key, header.api_version, header.correlation_id, body
             )
         )
+
+
+def _error_codes(header: codec.RequestHeader, reply: bytes) -> list[int]:
+    """Every error code in a control-plane response (for the counters)."""
+    try:
+        _, body = codec.decode_response(
+            header.api_key, header.api_version, memoryview(reply)[4:]
+        )
+    except Exception:
+        return []
+    found: list[int] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key == "error_code" and isinstance(item, int):
+                    found.append(item)
+                else:
+                    walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(body)
+    return found
 
 
 def _uuid(hex_id: str) -> uuid.UUID:
