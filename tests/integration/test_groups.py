@@ -316,8 +316,20 @@ def test_kafka_python_group_of_three_splits_six_partitions_and_reads_once(
     ) == dict.fromkeys(range(SPLIT_PARTITIONS), 50)
 
 
+def leader_of(broker: BrokerProcess, group: str) -> str:
+    """The leader of the group's latest generation, from the broker's log."""
+    completed = [
+        line
+        for line in broker.run_log().splitlines()
+        if "group.join_completed" in line and f"group={group} " in line
+    ]
+    assert completed, f"no generation of {group} in the log"
+    return completed[-1].split(" leader=", 1)[1].split(" ", 1)[0]
+
+
+@pytest.mark.parametrize("leaver", ["leader", "follower"])
 def test_member_leaving_hands_its_partitions_to_the_others(
-    module_broker: BrokerProcess,
+    module_broker: BrokerProcess, leaver: str
 ) -> None:
     topic, group = unique("leave"), unique("g")
     create_topic(module_broker, topic, SPLIT_PARTITIONS)
@@ -341,8 +353,7 @@ def test_member_leaving_hands_its_partitions_to_the_others(
             (message.partition(), message.offset(), message.value())
         )
 
-    leaving = members[0]
-    stayers = members[1:]
+    stayers = list(members)
     try:
         split = wait_for_split(members, SPLIT_PARTITIONS, 60, record)
         old_values = produce(module_broker, topic, 60, SPLIT_PARTITIONS)
@@ -350,10 +361,18 @@ def test_member_leaving_hands_its_partitions_to_the_others(
         for member in members:
             member.commit(asynchronous=False)
 
+        member_ids = [member.memberid() for member in members]
+        leader = leader_of(module_broker, group)
+        assert leader in member_ids
+        leaving_id = next(
+            mid for mid in member_ids if (mid == leader) == (leaver == "leader")
+        )
+        leaving = members[member_ids.index(leaving_id)]
+        stayers.remove(leaving)
+
         # close() sends LeaveGroup. Records are produced after the takeover:
         # ones read before the stayers' revocation would not be committed and
         # would rightly be read again.
-        leaving_id = leaving.memberid()
         left_at = time.monotonic()
         leaving.close()
         current = after
@@ -369,7 +388,9 @@ def test_member_leaving_hands_its_partitions_to_the_others(
 
     assert_read_once_by_owner(before, split, old_values)
     assert final == takeover
-    assert_read_once_by_owner(after[1:], takeover, new_values)
+    assert_read_once_by_owner(
+        [after[index[id(member)]] for member in stayers], takeover, new_values
+    )
     assert took < session_ms / 1000
     removals = [
         line
@@ -380,6 +401,8 @@ def test_member_leaving_hands_its_partitions_to_the_others(
     leaves = [line for line in removals if f"member={leaving_id} " in line]
     assert len(leaves) == 1, removals
     assert "reason=left" in leaves[0]
+    if leaver == "leader":
+        assert leader_of(module_broker, group) != leaving_id
 
 
 def read_as_group(
@@ -577,10 +600,10 @@ def test_describe_and_list_groups_show_the_members(
     for i, member_id in enumerate(member_ids):
         shown = by_id[member_id]
         assert shown.client_id == f"member-{i}"
-        assigned = {
+        shown_partitions = {
             (tp.topic, tp.partition) for tp in shown.assignment.topic_partitions
         }
-        assert assigned == {(topic, p) for p in split[i]}
+        assert shown_partitions == {(topic, p) for p in split[i]}
 
     # Both left: an Empty group, still listed (it has committed offsets).
     emptied = admin.describe_consumer_groups([group])[group].result(timeout=30)
