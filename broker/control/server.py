@@ -265,12 +265,26 @@ async def _run(runtime: ChildRuntime) -> int:
 
     service.on_metadata_version = publish_version
     service.publish_metadata_version()
+
+    # The coordinator counts completed rebalances itself; the heartbeat
+    # copies the growth into this process's counter row for the metrics.
+    rebalances_column = runtime.memory.counters.counter_id("group_rebalances")
+    counted = 0
+
+    def beat() -> None:
+        nonlocal counted
+        runtime.beat()
+        completed = service.groups.statistics().rebalances_completed
+        if completed > counted:
+            runtime.counters.add(rebalances_column, completed - counted)
+            counted = completed
+
     await serve(
         service,
         listener,
         max_frame_bytes=settings.max_request_bytes,
         stop=stop,
-        beat=runtime.beat,
+        beat=beat,
         parent_alive=runtime.parent_alive,
     )
     return exit_code
