@@ -17,6 +17,12 @@ is timed from its first send to its last completion. The periodic
 checkpoint is pushed out (``--flush-ms``) so neither side fsyncs: this is
 the page-cache path acks=1 waits for.
 
+Besides wall-clock rates, each round prints CPU time per MiB of the plain
+writer and of the writer process (``psutil``): on a shared 2-core machine
+other work moves the wall-clock ratio a lot, the CPU ratio much less. The
+sender's CPU (this process copying into the ring, a net process's job)
+is shown apart.
+
 Group commit: ``--streams`` request streams, each sending one acks=-1 batch
 and waiting for its completion before the next, against one stream, for
 ``--seconds`` each; all streams write one partition unless ``--partitions``
@@ -36,8 +42,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+import psutil
 
 # Runnable from a checkout whether or not the project is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -121,9 +129,26 @@ class Sender:
         self.receiver.disarm()
 
 
-def push_chunk(sender: Sender, pool: bytes, lengths: np.ndarray, total: int) -> float:
+class Chunk(NamedTuple):
+    """One timed chunk: wall seconds, and CPU seconds of this process and
+    (for writer chunks) of the writer process."""
+
+    seconds: float
+    cpu: float
+    writer_cpu: float = 0.0
+
+
+def push_chunk(
+    sender: Sender,
+    pool: bytes,
+    lengths: np.ndarray,
+    total: int,
+    writer: psutil.Process,
+) -> Chunk:
     """Send ``total`` bytes of batches (acks=1) and wait for every
-    completion; returns the seconds taken."""
+    completion."""
+    writer_before = sum(writer.cpu_times()[:2])
+    cpu_before = time.process_time()
     group_bytes = int(lengths.sum())
     groups = max(1, total // group_bytes)
     view = memoryview(pool)
@@ -143,17 +168,22 @@ def push_chunk(sender: Sender, pool: bytes, lengths: np.ndarray, total: int) -> 
             sender.sleep(group_bytes, len(lengths))
         if time.monotonic() > deadline:
             raise RuntimeError("the writer stopped answering")
-    return time.perf_counter() - started
+    return Chunk(
+        time.perf_counter() - started,
+        time.process_time() - cpu_before,
+        sum(writer.cpu_times()[:2]) - writer_before,
+    )
 
 
-def plain_chunk(fd: int, pieces: list[bytes], total: int) -> float:
+def plain_chunk(fd: int, pieces: list[bytes], total: int) -> Chunk:
     piece_bytes = sum(map(len, pieces))
     passes = max(1, total // piece_bytes)
+    cpu_before = time.process_time()
     started = time.perf_counter()
     for _ in range(passes):
         for piece in pieces:
             os.write(fd, piece)
-    return time.perf_counter() - started
+    return Chunk(time.perf_counter() - started, time.process_time() - cpu_before)
 
 
 def bench_throughput(args: argparse.Namespace, root: Path) -> list[float]:
@@ -182,25 +212,29 @@ def bench_throughput(args: argparse.Namespace, root: Path) -> list[float]:
         )
         try:
             [index] = harness.create_topic("bench", 1)
-            harness.start_writer()
+            writer = psutil.Process(harness.start_writer().pid)
             sender = Sender(harness, [index])
             fd = os.open(
                 harness.data_dir / "plain.bin",
                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
                 0o644,
             )
-            writer_times: list[float] = []
-            plain_times: list[float] = []
+            writer_chunks: list[Chunk] = []
+            plain_chunks: list[Chunk] = []
             gc.disable()
             try:
                 for number in range(max(1, total // chunk)):
                     # Alternate which side goes first.
                     if number % 2:
-                        writer_times.append(push_chunk(sender, joined, lengths, chunk))
-                        plain_times.append(plain_chunk(fd, pieces, chunk))
+                        writer_chunks.append(
+                            push_chunk(sender, joined, lengths, chunk, writer)
+                        )
+                        plain_chunks.append(plain_chunk(fd, pieces, chunk))
                     else:
-                        plain_times.append(plain_chunk(fd, pieces, chunk))
-                        writer_times.append(push_chunk(sender, joined, lengths, chunk))
+                        plain_chunks.append(plain_chunk(fd, pieces, chunk))
+                        writer_chunks.append(
+                            push_chunk(sender, joined, lengths, chunk, writer)
+                        )
             finally:
                 gc.enable()
                 os.close(fd)
@@ -212,8 +246,11 @@ def bench_throughput(args: argparse.Namespace, root: Path) -> list[float]:
                 writer.stop()
         finally:
             harness.close()
-        writer_rate = written / sum(writer_times)
-        plain_rate = plain_written / sum(plain_times)
+        writer_rate = written / sum(c.seconds for c in writer_chunks)
+        plain_rate = plain_written / sum(c.seconds for c in plain_chunks)
+        plain_cpu = sum(c.cpu for c in plain_chunks) / (plain_written / MIB)
+        writer_cpu = sum(c.writer_cpu for c in writer_chunks) / (written / MIB)
+        sender_cpu = sum(c.cpu for c in writer_chunks) / (written / MIB)
         ratios.append(writer_rate / plain_rate)
         print(
             f"  round {round_number}: plain os.write {plain_rate / MIB:8.1f} MiB/s"
@@ -222,12 +259,18 @@ def bench_throughput(args: argparse.Namespace, root: Path) -> list[float]:
             f"   ({written / MIB:.0f} MiB, {batches / max(turns, 1):.1f}"
             " batches per turn)"
         )
+        print(
+            f"    CPU ms per MiB: plain {plain_cpu * 1e3:.2f}, writer process"
+            f" {writer_cpu * 1e3:.2f} (ratio {plain_cpu / writer_cpu:.2f}),"
+            f" sender {sender_cpu * 1e3:.2f}; load average"
+            f" {os.getloadavg()[0]:.1f}"
+        )
         if args.verbose:
             print(
                 "    per chunk, MiB/s (plain/writer): "
                 + " ".join(
-                    f"{chunk / p / MIB:.0f}/{chunk / w / MIB:.0f}"
-                    for p, w in zip(plain_times, writer_times, strict=True)
+                    f"{chunk / p.seconds / MIB:.0f}/{chunk / w.seconds / MIB:.0f}"
+                    for p, w in zip(plain_chunks, writer_chunks, strict=True)
                 )
             )
     print(f"  ratio per round: {', '.join(f'{r:.2f}' for r in ratios)}")
