@@ -26,7 +26,7 @@ ENV_PREFIX = "RINGBUS_"
 
 # Variables that share the prefix but are not broker settings: the test
 # harness reads them, the broker ignores them.
-NON_SETTING_VARIABLES = frozenset({"RINGBUS_REQUIRE_ALL"})
+NON_SETTING_VARIABLES = frozenset({"RINGBUS_REQUIRE_ALL", "RINGBUS_FUZZ_SEED"})
 
 GIB = 1 << 30
 MIB = 1 << 20

@@ -54,6 +54,12 @@ INITIAL_BUFFER_BYTES = 256 * 1024
 # Bytes asked of one recv; the kernel returns what it has.
 RECV_BYTES = 256 * 1024
 
+# How far the buffer grows ahead of the bytes received for a frame whose
+# size prefix announces more: a size prefix alone must not make the broker
+# allocate up to max_request_bytes (one connection per 100 MiB). A guess:
+# four receives.
+GROW_AHEAD_BYTES = 4 * RECV_BYTES
+
 # Stop reading requests while this many response bytes wait to be sent: a
 # client that does not read its responses must not make the broker buffer
 # without bound. Fetch file ranges count at their length.
@@ -177,10 +183,11 @@ class Connection:
             return
 
         if scan.missing and not self.stalled:
-            # A large frame is on its way: grow once to hold all of it.
+            # A large frame is on its way: grow to hold it, as far as its
+            # bytes arrive.
             need = scan.missing + (self.end - self.start)
             if self.start + need > len(self.buffer):
-                self._make_room(scan.missing)
+                self._make_room(min(scan.missing, GROW_AHEAD_BYTES))
 
     def _handle_pending(self) -> None:
         handle = self.process.handle_frame

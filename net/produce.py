@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from broker.layout import KIND_BATCH, KIND_DELETE_RECORDS
+from broker.layout import KIND_BATCH, KIND_DELETE_RECORDS, PRODUCE_RING_DESCRIPTORS
 from broker.log.batch import RECORDS_COUNT, validate_batch
 from broker.logs import event
 from net.connection import Connection, ResponseSlot
@@ -114,7 +114,8 @@ class ProducePath:
         self.waiting_for_space = False
         # Half the data area: one batch may never need more, so a request
         # always fits once the ring drains.
-        self.max_batch_bytes = process.settings.ring_bytes // 2
+        self.ring_bytes = process.settings.ring_bytes
+        self.max_batch_bytes = self.ring_bytes // 2
 
         counters = process.memory.counters
         self.counters = process.runtime.counters
@@ -345,9 +346,14 @@ class ProducePath:
         them in one reservation when possible); returns how many."""
         sender = self.sender
         is_delete = pending.header.api_key == ApiKey.DELETE_RECORDS
-        count = len(items)
         lengths = [0 if is_delete else len(item[2]) for item in items]
-        reservation = sender.reserve_batch(count, lengths)
+
+        # Offer only a prefix that can ever fit: a request may carry more
+        # batches or bytes than the whole ring holds (each batch alone fits).
+        count = min(len(items), PRODUCE_RING_DESCRIPTORS)
+        while count > 1 and sum(lengths[:count]) > self.ring_bytes:
+            count //= 2
+        reservation = sender.reserve_batch(count, lengths[:count])
         while reservation is None and count > 1:
             count //= 2
             reservation = sender.reserve_batch(count, lengths[:count])
