@@ -64,14 +64,51 @@ def configure(level: str, role: str) -> None:
     root.setLevel(level)
 
 
+class RateLimit:
+    """At most ``burst`` lines per ``period_s`` for one event on a hot path.
+
+    A misbehaving client can trigger a WARNING per request; past the burst,
+    lines are dropped and counted, and the next line let through carries
+    ``suppressed=<count>`` so nothing goes unaccounted.
+    """
+
+    def __init__(self, burst: int = 20, period_s: float = 1.0) -> None:
+        self.burst = burst
+        self.period_s = period_s
+        self._window_start = 0.0
+        self._in_window = 0
+        self._suppressed = 0
+
+    def admit(self) -> int | None:
+        """None to drop this line; else how many were dropped before it."""
+        now = time.monotonic()
+        if now - self._window_start >= self.period_s:
+            self._window_start = now
+            self._in_window = 0
+        if self._in_window >= self.burst:
+            self._suppressed += 1
+            return None
+        self._in_window += 1
+        dropped, self._suppressed = self._suppressed, 0
+        return dropped
+
+
 def event(
     logger: logging.Logger,
     level: int,
     name: str,
     *,
     exc_info: bool = False,
+    rate_limit: RateLimit | None = None,
     **fields: Any,
 ) -> None:
     """Log the event ``name`` with its fields, if ``level`` is enabled."""
-    if logger.isEnabledFor(level):
-        logger.log(level, name, extra={"fields": fields}, exc_info=exc_info)
+    if not logger.isEnabledFor(level):
+        return
+    if rate_limit is not None:
+        dropped = rate_limit.admit()
+        if dropped is None:
+            return
+        if dropped:
+            fields["suppressed"] = dropped
+    logger.log(level, name, extra={"fields": fields}, exc_info=exc_info)

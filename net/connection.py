@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from broker.logs import event
+from broker.logs import RateLimit, event
 from net.kafka.codec import Chunk, FileRange
 from net.kafka.codec_errors import CodecError
 from net.kafka.framing import scan_frames
@@ -67,6 +67,12 @@ MAX_QUEUED_RESPONSE_BYTES = 64 * 1024 * 1024
 
 # sendmsg takes at most IOV_MAX buffers; stay well below.
 MAX_IOV = 256
+
+
+# Peers' protocol violations are logged at WARNING; a client sending garbage
+# in a loop must not flood the log (20 lines a second per process, then a
+# count of what was dropped).
+CLOSE_WARNINGS = RateLimit(burst=20, period_s=1.0)
 
 
 class ResponseSlot:
@@ -332,6 +338,7 @@ class Connection:
             logger,
             level,
             "conn.closed",
+            rate_limit=CLOSE_WARNINGS if level >= logging.WARNING else None,
             connection=self.connection_id,
             peer=self.peer,
             reason=reason,

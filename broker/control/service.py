@@ -60,13 +60,17 @@ from broker.control.offsets import (
 )
 from broker.control.producer_ids import ProducerIdAllocator
 from broker.control.responses import error_body
-from broker.logs import event
+from broker.logs import RateLimit, event
 from broker.settings import Settings
 from net.kafka.codec import decode_request, encode_response_bytes
 from net.kafka.codec_errors import CodecError, EncodeError
 from net.kafka.errors import ErrorCode
 
 logger = logging.getLogger(__name__)
+
+# Invalid forwarded requests come from misbehaving clients (the net process
+# logs the peer); keep a flood of them from flooding the log.
+INVALID_WARNINGS = RateLimit(burst=20, period_s=1.0)
 
 
 def monotonic_ms() -> float:
@@ -254,6 +258,7 @@ class ControlService:
                 logger,
                 logging.WARNING,
                 "control.request_invalid",
+                rate_limit=INVALID_WARNINGS,
                 reason=getattr(exc, "reason", str(exc)),
             )
             return None
@@ -264,6 +269,7 @@ class ControlService:
                 logger,
                 logging.WARNING,
                 "control.request_unsupported",
+                rate_limit=INVALID_WARNINGS,
                 api_key=header.api_key,
                 api_version=header.api_version,
             )
