@@ -1,19 +1,23 @@
 """Entry point: ``python -m perf <command>`` from the repository root.
 
-The registry is the ``COMMANDS`` tuple. A new load generator (``produce``,
-``consume``, ``latency`` against Ringbus) is a module exposing a
-``perf.cli.Command`` named ``COMMAND``, added here; the shared options and
-the JSON/table/plot outputs come with it.
+The registry is the ``COMMANDS`` tuple. A new load generator is a module
+exposing a ``perf.cli.Command`` named ``COMMAND``, added here; the shared
+options and the JSON/table/plot outputs come with it.
 """
 
 from __future__ import annotations
 
-from perf import limits, peers
+from perf import compare, consume, latency, limits, peers, produce, scale
 from perf.cli import Command, run_from_command_line
 
 COMMANDS: tuple[Command, ...] = (
     limits.COMMAND,
     peers.COMMAND,
+    produce.COMMAND,
+    consume.COMMAND,
+    latency.COMMAND,
+    compare.COMMAND,
+    scale.COMMAND,
 )
 
 if __name__ == "__main__":

@@ -201,11 +201,17 @@ def main(
     write_json(json_path, document)
     drawn = False
     if not args.no_plot:
-        drawn = plot_png(png_path, result, f"perf {command.name} ({started_at})")
+        title = f"perf {command.name} ({started_at})"
+        if result.plot is not None:
+            drawn = result.plot(png_path, title)
+        else:
+            drawn = plot_png(png_path, result, title)
 
     # The table goes to stdout, wide enough not to fold when piped to a file.
     out = Console(width=None if sys.stdout.isatty() else 160)
     out.print(results_table(result, f"perf {command.name}"))
+    for text in result.text:
+        out.print(text, markup=False, highlight=False)
     for skipped in result.skipped:
         progress.note(f"skipped {skipped.name}: {skipped.reason}")
     for error in result.errors:

@@ -24,7 +24,9 @@ JSON result file (``RESULT_SCHEMA``; ``validate_result`` checks it)::
          "timeline": [{"t_s", "records_per_s", "mb_per_s"}],
          "params": {...}, "note": str}],
      "skipped": [{"name": str, "reason": str}],
-     "errors": [str]}
+     "errors": [str],
+     "summary": {...}}            (optional: derived figures, e.g. compare's
+                                  target verdicts)
 
 Imported by the load-generating process only. The progress bar draws from a
 background thread owned by rich; everything else is single-threaded.
@@ -36,6 +38,7 @@ import datetime
 import json
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +149,12 @@ class RunResult:
     # Failures that cost some figures but not the whole run (one peer's
     # server would not start, say); any entry makes the command exit 1.
     errors: list[str] = field(default_factory=list)
+    # Derived figures (compare's verdicts), written as "summary" in the JSON.
+    summary: dict[str, Any] = field(default_factory=dict)
+    # Text printed after the table (compare's side-by-side in Markdown).
+    text: list[str] = field(default_factory=list)
+    # Draws the PNG instead of ``plot_png`` (path, title) -> drawn.
+    plot: Callable[[Path, str], bool] | None = None
 
 
 def machine_info() -> dict[str, Any]:
@@ -201,6 +210,7 @@ def result_document(
         "measurements": [m.to_json() for m in result.measurements],
         "skipped": [{"name": s.name, "reason": s.reason} for s in result.skipped],
         "errors": list(result.errors),
+        **({"summary": result.summary} if result.summary else {}),
     }
 
 

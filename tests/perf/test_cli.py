@@ -48,8 +48,16 @@ def test_every_subcommand_has_help_with_the_common_options(
         assert option in text
 
 
-def test_registry_holds_limits_and_peers_only() -> None:
-    assert [c.name for c in COMMANDS] == ["limits", "peers"]
+def test_registry_holds_every_perf_command() -> None:
+    assert [c.name for c in COMMANDS] == [
+        "limits",
+        "peers",
+        "produce",
+        "consume",
+        "latency",
+        "compare",
+        "scale",
+    ]
 
 
 def test_main_writes_a_valid_result_file_and_returns_zero(tmp_path: Path) -> None:
