@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from broker.log.batch import TIMESTAMP_TYPE_BIT
 from broker.log.segment import SegmentReader, list_segment_base_offsets
 from net.connection import Connection, ResponseSlot
 from net.kafka import codec
@@ -430,7 +431,11 @@ class FetchPath:
         elif timestamp == -2:  # earliest
             offset = log_start
         else:
-            offset = self._offset_for_timestamp(index, topic, partition, row, timestamp)
+            # v1+ clients read the timestamp too; Java refuses a negative one
+            # next to a real offset.
+            offset, result["timestamp"] = self._offset_for_timestamp(
+                index, topic, partition, row, timestamp
+            )
         result["offset"] = offset
         if version == 0:
             result["old_style_offsets"] = [offset]
@@ -442,9 +447,15 @@ class FetchPath:
         partition: int,
         row: tuple[Any, ...],
         timestamp: int,
-    ) -> int:
-        """The first offset whose batch has a timestamp >= ``timestamp``, or
-        -1 when none does (Kafka's answer for a timestamp past the end)."""
+    ) -> tuple[int, int]:
+        """The first offset whose batch has a timestamp >= ``timestamp`` and
+        the timestamp of the record there, or (-1, -1) when no batch is that
+        late (Kafka's answer for a timestamp past the end).
+
+        The record at a batch's base offset carries the batch's base
+        timestamp (a producer's first record has delta 0), or the batch's
+        max timestamp under LogAppendTime.
+        """
         files = self._files(index, topic, partition)
         hw_segment = int(row[self.f_hw_segment])
         files.refresh(int(row[self.f_version]))
@@ -462,8 +473,12 @@ class FetchPath:
                 continue
             if found is not None:
                 _, batch = found
-                return max(int(batch.base_offset), int(row[self.f_start]))
-        return -1
+                found_timestamp = batch.base_timestamp
+                if batch.attributes & TIMESTAMP_TYPE_BIT or found_timestamp < 0:
+                    found_timestamp = batch.max_timestamp
+                offset = max(int(batch.base_offset), int(row[self.f_start]))
+                return offset, int(found_timestamp)
+        return -1, -1
 
     def close(self) -> None:
         for files in self.files.values():
