@@ -2,10 +2,17 @@
 recovery time with 1 segment against 20 segments of data.
 
 Append: 1 KiB records in 16 KiB batches, ``--group`` batches per append
-call (one writev, as the writer process does per loop turn), against
-``os.write`` of the same bytes, pre-joined per group, to a file in the same
-directory. Both sides write ``--total-mib`` of new data per round into fresh
-files, timed in alternating chunks (``--chunk-mib``), so both meet the same
+call, against ``os.write`` of the same bytes, pre-joined per group and
+written in calls of at most ``--plain-write-kib`` (64 KiB, as in
+perf/bench_writer.py: single writes of many MiB are slow on this VM, see
+WRITE_BYTES in broker/log/segment.py), to a file in the same directory.
+``--columns`` appends the way the writer process does: each group is one
+buffer (a run of batches in a ring), its baseOffsets rewritten with one
+numpy scatter, its header fields handed to ``PartitionLog.append_assigned``
+as columns; without it, each batch is its own memoryview for
+``PartitionLog.append``, which reads every header.
+Both sides write ``--total-mib`` of new data per round into fresh files,
+timed in alternating chunks (``--chunk-mib``), so both meet the same
 page-cache conditions: on this kind of VM, whether a page was recently
 freed (fast) or handed back to the host (10-40 us to first touch) decides
 throughput more than anything the code does, and it drifts during a run.
@@ -18,6 +25,7 @@ checkpoint; then the time of PartitionLog.open, which validates the tail.
 Each run restores the same state file, so every open does the same work.
 
 Run: .venv/bin/python perf/bench_log.py [--total-mib 1024] [--rounds 2]
+     [--group 1024 --columns]
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import gc
 import os
 import shutil
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -35,8 +44,11 @@ from pathlib import Path
 # Runnable from a checkout whether or not the project is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np
+
 from broker.log.batch import build_batch
 from broker.log.partition import STATE_FILE, LogConfig, PartitionLog
+from broker.log.segment import BatchColumns
 
 MIB = 1 << 20
 
@@ -61,13 +73,57 @@ def _groups(pool: list[bytearray], group: int) -> list[list[bytearray]]:
     return [pool[start : start + group] for start in range(0, len(pool), group)]
 
 
+class _ColumnGroup:
+    """One group for append_assigned: its bytes and its header columns."""
+
+    def __init__(self, group: list[bytearray]) -> None:
+        self.data = bytearray(b"".join(group))
+        self.bytes = np.frombuffer(self.data, dtype=np.uint8)
+        self.sizes = np.array([len(batch) for batch in group], dtype=np.int64)
+        self.positions = np.cumsum(self.sizes) - self.sizes
+        self.deltas = np.array(
+            [struct.unpack_from(">i", batch, 23)[0] for batch in group],
+            dtype=np.int64,
+        )
+        self.max_timestamps = np.array(
+            [struct.unpack_from(">q", batch, 35)[0] for batch in group],
+            dtype=np.int64,
+        )
+
+    def append(self, log: PartitionLog) -> None:
+        """What the writer does per partition and turn."""
+        bases = log.next_base_offsets(self.deltas)
+        self.bytes[self.positions[:, None] + _BASE_OFFSET_BYTES] = (
+            bases.astype(">i8").view(np.uint8).reshape(-1, 8)
+        )
+        columns = BatchColumns(
+            bases, bases + self.deltas, self.max_timestamps, self.sizes
+        )
+        log.append_assigned([memoryview(self.data)], columns, 0)
+
+
+_BASE_OFFSET_BYTES = np.arange(8, dtype=np.int64)
+
+
 def bench_append_pair(
-    directory: Path, groups: list[list[bytearray]], total: int, chunk: int
+    directory: Path,
+    groups: list[list[bytearray]],
+    total: int,
+    chunk: int,
+    *,
+    columns: bool,
+    plain_write: int,
 ) -> tuple[float, float]:
-    """Bytes per second of plain os.write and of PartitionLog.append, timed
-    in alternating chunks so both meet the same page-cache conditions."""
-    joined = [b"".join(group) for group in groups]
+    """Bytes per second of plain os.write and of PartitionLog.append (or
+    append_assigned), timed in alternating chunks so both meet the same
+    page-cache conditions."""
+    joined = [
+        group_bytes[start : start + plain_write]
+        for group_bytes in (b"".join(group) for group in groups)
+        for start in range(0, len(group_bytes), plain_write)
+    ]
     views = [[memoryview(batch) for batch in group] for group in groups]
+    column_groups = [_ColumnGroup(group) for group in groups]
     pass_bytes = sum(map(len, joined))
     passes_per_chunk = max(1, chunk // pass_bytes)
     chunks = max(1, total // (passes_per_chunk * pass_bytes))
@@ -86,9 +142,14 @@ def bench_append_pair(
 
     def log_chunk() -> float:
         start = time.perf_counter()
-        for _ in range(passes_per_chunk):
-            for group in views:
-                log.append(group, 0)
+        if columns:
+            for _ in range(passes_per_chunk):
+                for column_group in column_groups:
+                    column_group.append(log)
+        else:
+            for _ in range(passes_per_chunk):
+                for group in views:
+                    log.append(group, 0)
         return time.perf_counter() - start
 
     gc.disable()
@@ -114,22 +175,28 @@ def bench_append_pair(
 
 
 def bench_append(args: argparse.Namespace, root: Path) -> None:
-    pool = _batch_pool(args.batch_kib, args.record_bytes, 64)
+    pool = _batch_pool(args.batch_kib, args.record_bytes, max(64, args.group))
     groups = _groups(pool, args.group)
     total = args.total_mib * MIB
+    how = "append_assigned (columns)" if args.columns else "append (views)"
     print(
         f"append: {args.total_mib} MiB per side per round, batches of "
         f"{len(pool[0])} bytes "
         f"({_records_per_batch(args.batch_kib, args.record_bytes)} records), "
-        f"{args.group} batches per append call, alternating "
-        f"{args.chunk_mib} MiB chunks"
+        f"{args.group} batches per {how} call, plain os.write of at most "
+        f"{args.plain_write_kib} KiB, alternating {args.chunk_mib} MiB chunks"
     )
     ratios = []
     for round_number in range(args.rounds):
         directory = root / f"append-{round_number}"
         directory.mkdir()
         plain, logged = bench_append_pair(
-            directory, groups, total, args.chunk_mib * MIB
+            directory,
+            groups,
+            total,
+            args.chunk_mib * MIB,
+            columns=args.columns,
+            plain_write=args.plain_write_kib * 1024,
         )
         ratios.append(logged / plain)
         print(
@@ -204,6 +271,12 @@ def main() -> None:
     parser.add_argument("--batch-kib", type=int, default=16)
     parser.add_argument("--record-bytes", type=int, default=1024)
     parser.add_argument("--group", type=int, default=4, help="batches per append call")
+    parser.add_argument("--plain-write-kib", type=int, default=64)
+    parser.add_argument(
+        "--columns",
+        action="store_true",
+        help="append as the writer process does (append_assigned)",
+    )
     parser.add_argument("--chunk-mib", type=int, default=16, help="alternation unit")
     parser.add_argument("--segment-mib", type=int, default=32)
     parser.add_argument("--tail-mib", type=int, default=8)

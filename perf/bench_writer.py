@@ -13,7 +13,12 @@ in alternating ``--chunk-mib`` chunks, so both sides meet the same
 page-cache conditions (on this kind of VM, first touching freed memory
 costs 10-40 us a page and drifts during a run; see perf/bench_log.py).
 Files stay until the end, so every chunk writes fresh pages. A writer chunk
-is timed from its first send to its last completion. The periodic
+is timed from its first send to its last completion. Before the first
+chunk, ``--warmup-mib`` (one ring's worth by default) goes through the
+writer untimed: the first pass over a new ring pays a page fault per 4 KiB
+in both processes (about 50 ms for 64 MiB here), which a running broker
+paid once at start; ``--warmup-mib 0`` times it too, as earlier versions
+of this benchmark did. The periodic
 checkpoint is pushed out (``--flush-ms``) so neither side fsyncs: this is
 the page-cache path acks=1 waits for.
 
@@ -120,10 +125,14 @@ class Sender:
         return np.concatenate(done) if done else np.zeros(0, np.int64)
 
     def sleep(self, nbytes: int, count: int) -> None:
-        """Wait for a completion or for room, with both waiting flags set."""
+        """Wait for a completion, or for room for ``count`` batches of
+        ``nbytes`` in all (0: nothing left to send, so completions only),
+        with the waiting flags set. Without the room case a sender that has
+        sent everything would spin instead of sleeping, taking a core from
+        the writer on a 2-core machine."""
         if self.receiver.arm():
             return
-        if not self.sender.arm_for_space(nbytes, count):
+        if not count or not self.sender.arm_for_space(nbytes, count):
             self.wake.wait(0.01)
         self.sender.disarm()
         self.receiver.disarm()
@@ -165,7 +174,10 @@ def push_chunk(
         taken = len(sender.drain())
         completed += taken
         if not progressed and not taken:
-            sender.sleep(group_bytes, len(lengths))
+            if sent < groups:
+                sender.sleep(group_bytes, len(lengths))
+            else:
+                sender.sleep(0, 0)
         if time.monotonic() > deadline:
             raise RuntimeError("the writer stopped answering")
     return Chunk(
@@ -214,6 +226,14 @@ def bench_throughput(args: argparse.Namespace, root: Path) -> list[float]:
             [index] = harness.create_topic("bench", 1)
             writer = psutil.Process(harness.start_writer().pid)
             sender = Sender(harness, [index])
+            if args.warmup_mib:
+                # Untimed: both processes touch every page of the ring once,
+                # as in a broker that has been running for a while.
+                push_chunk(sender, joined, lengths, args.warmup_mib * MIB, writer)
+            counted = {
+                name: harness.counter(name)
+                for name in ("writer_bytes", "writer_turns", "writer_batches")
+            }
             fd = os.open(
                 harness.data_dir / "plain.bin",
                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
@@ -238,10 +258,10 @@ def bench_throughput(args: argparse.Namespace, root: Path) -> list[float]:
             finally:
                 gc.enable()
                 os.close(fd)
-            written = harness.counter("writer_bytes")
+            written = harness.counter("writer_bytes") - counted["writer_bytes"]
             plain_written = os.path.getsize(harness.data_dir / "plain.bin")
-            turns = harness.counter("writer_turns")
-            batches = harness.counter("writer_batches")
+            turns = harness.counter("writer_turns") - counted["writer_turns"]
+            batches = harness.counter("writer_batches") - counted["writer_batches"]
             for writer in harness.writers:
                 writer.stop()
         finally:
@@ -304,7 +324,8 @@ def run_streams(
         if now >= deadline and in_flight == 0:
             break
         if not taken:
-            sender.sleep(len(payload), 1)
+            can_send = now < deadline and in_flight < streams
+            sender.sleep(len(payload), 1 if can_send else 0)
         if now > deadline + 60:
             raise RuntimeError("the writer stopped answering")
     elapsed = time.perf_counter() - started
@@ -359,6 +380,12 @@ def main() -> None:
     parser.add_argument("--reserve", type=int, default=16, help="batches per publish")
     parser.add_argument("--plain-write-kib", type=int, default=64)
     parser.add_argument("--ring-mib", type=int, default=64)
+    parser.add_argument(
+        "--warmup-mib",
+        type=int,
+        default=None,
+        help="untimed writer bytes before the chunks (default: --ring-mib)",
+    )
     parser.add_argument("--flush-ms", type=int, default=600_000)
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--partitions", type=int, default=1)
@@ -368,6 +395,8 @@ def main() -> None:
     parser.add_argument("--skip-streams", action="store_true")
     parser.add_argument("--verbose", action="store_true", help="per-chunk rates")
     args = parser.parse_args()
+    if args.warmup_mib is None:
+        args.warmup_mib = args.ring_mib
 
     root = Path(tempfile.mkdtemp(prefix="bench-writer-", dir=args.dir))
     try:

@@ -439,6 +439,9 @@ def batch_offsets(records: memoryview | bytes) -> Iterator[tuple[int, int, int]]
 class FetchCursor:
     """The offsets one partition's pipelined fetches ask for, and what counts.
 
+    LIMITATION: each Fetch names one partition; a consumer of many small
+    partitions pays one request per partition per step.
+
     Requests run ahead of the responses by a step learned from the last
     response (the records its whole batches held). A response counts only
     the offsets from ``next_offset`` on; one that starts beyond

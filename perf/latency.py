@@ -165,6 +165,8 @@ def _consumer(
     )
 
 
+# LIMITATION: one partition and one producer; the latency of a keyed
+# producer spreading records over partitions is not measured.
 def measure_latency(
     target: BrokerTarget,
     *,

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import resource
 import selectors
 import shutil
 import socket
@@ -180,6 +181,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=None,
         help="records/s on a fixed schedule (default: as fast as possible)",
+    )
+    parser.add_argument(
+        "--warmup",
+        action="store_true",
+        help="pipelined: one untimed batch to every partition first (opens "
+        "the partitions' files before the clock starts)",
     )
     add_target_arguments(parser)
 
@@ -629,6 +636,7 @@ def _client(plan: ClientPlan, control: Connection) -> WorkerResult:
 
     start_ns = wait_for_start(control)
     clock.sleep_until_ns(start_ns)
+    cpu_started = time.process_time()
     series = ThroughputSeries(start_ns)
     bounds = Bounds(plan.max_records, plan.max_seconds)
     topic = plan.topic
@@ -692,6 +700,11 @@ def _client(plan: ClientPlan, control: Connection) -> WorkerResult:
                 series.add(count, count * plan.record_bytes, clock.now_ns())
         left = producer.flush(60)
     finished_ns = clock.now_ns()
+    # Busy share of the client process (Python and librdkafka threads):
+    # near 1.0 or above means the client, not the broker, set the pace.
+    cpu_share = (time.process_time() - cpu_started) / max(
+        (finished_ns - start_ns) / NANOS_PER_SECOND, 1e-9
+    )
 
     errors = []
     if left:
@@ -710,6 +723,7 @@ def _client(plan: ClientPlan, control: Connection) -> WorkerResult:
         timeline=[(p.t_s, p.records_per_s, p.bytes_per_s) for p in series.points()],
         errors=errors,
         stop_reason=stop_reason,
+        extra={"client_cpu_share": round(cpu_share, 3)},
     )
 
 
@@ -775,6 +789,7 @@ def run_client(
             "queue_records": args.queue_records,
             "rate_per_s": rate,
             "stop_reasons": merged.stop_reasons,
+            "client_cpu_share": [e.get("client_cpu_share") for e in merged.extras],
             "timeline": "records handed to the client; seconds end when flush "
             "returned (all acknowledged)",
             **profiler.notes(),
@@ -784,6 +799,12 @@ def run_client(
 
 
 # -- kcat ------------------------------------------------------------------
+
+
+def children_cpu_seconds() -> float:
+    """User plus system CPU seconds of this process's finished children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def kcat_missing() -> str | None:
@@ -806,6 +827,10 @@ def write_line_file(path: Path, record_bytes: int, records: int) -> None:
             lines = min(left, lines_per_block)
             out.write(block[: lines * (record_bytes + 1)])
             left -= lines
+        # Written back now, so the timed kcat run does not compete with the
+        # writeback of its own input.
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def run_kcat_produce(
@@ -857,6 +882,7 @@ def run_kcat_produce(
             while warm.read(1 << 20):
                 pass
         with Profiler(getattr(args, "profile", None), target, "produce-kcat") as prof:
+            cpu_before = children_cpu_seconds()
             started = time.monotonic_ns()
             try:
                 done = subprocess.run(
@@ -871,6 +897,7 @@ def run_kcat_produce(
                     f"kcat did not produce {records} records within {seconds} s"
                 ) from exc
             finished = time.monotonic_ns()
+            kcat_cpu = children_cpu_seconds() - cpu_before
     if done.returncode != 0:
         raise PerfError(f"kcat -P exited {done.returncode}: {done.stderr[-500:]}")
     check_stored(target, topic, args.partitions, records)
@@ -884,6 +911,7 @@ def run_kcat_produce(
         seconds=(finished - started) / NANOS_PER_SECOND,
         params={
             "tool": "kcat",
+            "tool_cpu_seconds": round(kcat_cpu, 3),
             "topic": topic,
             "partitions": args.partitions,
             "acks": args.acks,
@@ -918,6 +946,7 @@ def run(args: argparse.Namespace, context: RunContext) -> RunResult:
                 records=args.records,
                 seconds=args.seconds,
                 rate=args.rate,
+                warmup=args.warmup,
             )
         elif args.mode == "client":
             measurement = run_client(

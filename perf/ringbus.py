@@ -18,6 +18,7 @@ Imported by the load-generating process of ``perf`` only.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import re
@@ -25,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -224,6 +226,19 @@ class Profile:
     pid: int
     path: Path
     summary: list[tuple[str, float]] = field(default_factory=list)
+    samples: int = 0
+    seconds: float = 0.0
+
+    @property
+    def busy(self) -> float:
+        """Samples taken over samples possible: about the share of one core
+        the process kept busy (py-spy skips a thread that sleeps)."""
+        possible = self.seconds * PROFILE_RATE_HZ
+        return self.samples / possible if possible > 0 else 0.0
+
+
+PROFILE_RATE_HZ = 200
+_profile_sequence = itertools.count()
 
 
 class Profiler:
@@ -241,6 +256,7 @@ class Profiler:
         self.profiles: list[Profile] = []
         self.skipped: str | None = None
         self._running: list[tuple[subprocess.Popen[bytes], Profile]] = []
+        self._started = 0.0
 
     @staticmethod
     def py_spy() -> str | None:
@@ -263,8 +279,11 @@ class Profiler:
             self.skipped = "no broker started here: nothing to profile"
             return self
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._started = time.monotonic()
+        # A run may profile the same phase twice (one per record size).
+        sequence = next(_profile_sequence)
         for role, pid in sorted(pids.items()):
-            path = self.directory / f"{self.label}-{role}-{pid}.txt"
+            path = self.directory / f"{sequence:03d}-{self.label}-{role}-{pid}.txt"
             process = subprocess.Popen(
                 [
                     binary,
@@ -274,7 +293,7 @@ class Profiler:
                     "--format",
                     "raw",
                     "--rate",
-                    "200",
+                    str(PROFILE_RATE_HZ),
                     "--nonblocking",
                     "--output",
                     str(path),
@@ -287,6 +306,7 @@ class Profiler:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        seconds = time.monotonic() - self._started
         for process, profile in self._running:
             # SIGINT makes py-spy write what it sampled and exit.
             if process.poll() is None:
@@ -297,7 +317,10 @@ class Profiler:
                 os.kill(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
             if profile.path.exists():
-                profile.summary = summarize_collapsed(profile.path.read_text())
+                text = profile.path.read_text()
+                profile.summary = summarize_collapsed(text)
+                profile.samples = count_samples(text)
+                profile.seconds = seconds
                 self.profiles.append(profile)
         self._running = []
 
@@ -308,10 +331,22 @@ class Profiler:
         return {
             f"profile_{p.role}": {
                 "file": str(p.path),
+                "samples": p.samples,
+                "busy": round(p.busy, 3),
                 "top_self": [[name, round(share, 3)] for name, share in p.summary],
             }
             for p in self.profiles
         }
+
+
+def count_samples(text: str) -> int:
+    """Samples in py-spy's raw collapsed format (``a;b;c count`` lines)."""
+    total = 0
+    for line in text.splitlines():
+        _stack, _, count_text = line.rpartition(" ")
+        if count_text.isdigit():
+            total += int(count_text)
+    return total
 
 
 def summarize_collapsed(text: str, top: int = 12) -> list[tuple[str, float]]:

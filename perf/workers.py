@@ -151,8 +151,8 @@ def run_workers(
             start_ns = time.monotonic_ns()
             for index, (_process, pipe) in enumerate(children):
                 if results[index] is None:
-                    # Tell the others to stop at once: a start in the past
-                    # with a zero-length run is not possible, so close.
+                    # A closed pipe ends the child's wait for a start time
+                    # with EOFError, so the ready ones stop at once.
                     pipe.close()
             return start_ns, [
                 r or WorkerResult(errors=["not started"]) for r in results

@@ -65,6 +65,8 @@ def test_produce_pipelined_and_consume_run_against_a_real_broker(
             target.bootstrap,
             "--seconds",
             "2",
+            "--records",
+            "1000000000",
             "--partitions",
             "2",
             "--in-flight",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from perf.cli import PerfError
-from perf.ringbus import parse_bootstrap, summarize_collapsed
+from perf.ringbus import count_samples, parse_bootstrap, summarize_collapsed
 
 
 def test_parse_bootstrap_splits_host_and_port() -> None:
@@ -32,3 +32,7 @@ def test_summarize_collapsed_ranks_functions_by_own_samples() -> None:
         ("loop (a.py:5)", 0.3),
     ]
     assert summarize_collapsed("") == []
+
+
+def test_count_samples_adds_the_counts_of_every_stack() -> None:
+    assert count_samples("a;b 3\na 4\nnot a sample\n") == 7

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from perf.harness import TimelinePoint
-from perf.scale import relative, tenths
+from perf.scale import flatness, relative, tenths
 
 
 def test_relative_divides_by_the_first_point() -> None:
@@ -28,3 +28,18 @@ def test_tenths_shows_a_slowdown_in_the_second_half() -> None:
     by_tenth = tenths(timeline, 1_000_000_000)
     assert by_tenth[0] == pytest.approx(100.0, rel=1e-6)
     assert by_tenth[-1] == pytest.approx(50.0, rel=1e-6)
+
+
+def test_tenths_splits_an_interval_that_spans_several_tenths() -> None:
+    # Two 1 s intervals: 800 MB then 200 MB. The first holds eight tenths.
+    timeline = [TimelinePoint(1.0, 0.0, 800e6), TimelinePoint(2.0, 0.0, 200e6)]
+    by_tenth = tenths(timeline, 1_000_000_000)
+    assert by_tenth == pytest.approx([800.0] * 8 + [200.0] * 2, rel=1e-6)
+
+
+def test_flatness_fails_when_a_middle_tenth_drops_beyond_the_tolerance() -> None:
+    dipped = [100.0, 100.0, 70.0, 100.0, 100.0, 100.0, 100.0, 100.0, 100.0, 100.0]
+    assert flatness(dipped, 0.25) == (0.7, False)
+    assert flatness(dipped, 0.3) == (0.7, True)
+    # Fewer than ten tenths measured is never flat.
+    assert flatness([100.0] * 9, 0.25) == (1.0, False)
