@@ -12,8 +12,10 @@ commit record and a :class:`PartitionSet`; the process entry
      partition index;
   3. per partition: complete descriptors already applied by a previous
      writer (see below), run DeleteRecords, check idempotent producers,
-     then ONE ``PartitionLog.append`` (one writev) for every accepted batch
-     (under load, one per APPEND_BYTES of batches: see there why);
+     rewrite the accepted batches' baseOffsets in the ring (one numpy
+     scatter), then ONE ``PartitionLog.append_assigned`` for all of them,
+     handing over the ring's contiguous runs of batches and their header
+     fields as columns (writev calls of at most ``WRITE_BYTES``);
   4. write each answer (base offset, error code) into its descriptor;
   5. per touched partition: commit (``broker.commit_record``), make the
      staged producer state current, snapshot it if the segment rolled,
@@ -37,7 +39,9 @@ request id they do not hold, so a second one is harmless.
 
 Per-descriptor work in Python is limited to batches of idempotent
 producers (a dict lookup each) and DeleteRecords; everything else is numpy
-over the whole turn, plus one memoryview per appended batch for writev.
+over the whole turn, plus one memoryview per contiguous run of a
+partition's batches in a ring for writev (one per batch only when
+partitions interleave in the ring).
 
 LIMITATION: a completion ring that stays full (its net process does not
 drain it) stalls every turn, so one stuck net process stops the others'
@@ -48,7 +52,6 @@ Imported by the writer process (and tests); not thread-safe.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -73,6 +76,7 @@ from broker.log.partition import (
     OffsetOutOfRangeError,
     PartitionLog,
 )
+from broker.log.segment import BatchColumns
 from broker.logs import event
 from broker.producer_state import APPEND, DUPLICATE, ProducerTurn
 from broker.settings import Settings
@@ -84,18 +88,9 @@ from shm.ring import Reservation, Ring, RingSender
 
 logger = logging.getLogger(__name__)
 
-# Descriptors taken from one ring in one turn: bounds a turn's latency and
-# its writev size; 8192 x 16 KiB batches is 128 MiB, more than a ring holds.
+# Descriptors taken from one ring in one turn: bounds a turn's latency;
+# 8192 x 16 KiB batches is 128 MiB, more than a ring holds.
 MAX_DESCRIPTORS_PER_RING = 8192
-
-# Bytes per PartitionLog.append call (one writev). A turn's batches for a
-# partition normally go in one call; under load they are split into runs
-# of this size. Measured on the 2-core VM this broker is benchmarked on
-# (kernel 6.18): 16 KiB batches appended 1024 at a time (16 MiB per writev)
-# often ran at 250-370 MiB/s while 64 at a time (1 MiB) kept 2-3 GiB/s,
-# the speed of plain 64 KiB os.write calls; larger writes never ran faster
-# (the page cache's first touch of large folios, as far as we can tell).
-APPEND_BYTES = 1 << 20
 
 # Threads for the fdatasyncs of one turn when several partitions need one;
 # a guess: enough to keep an SSD's queue busy, few enough to stay cheap.
@@ -106,6 +101,9 @@ SYNC_THREADS = 8
 # gone; its clients get no answer either way).
 STOPPING_COMPLETION_WAIT_S = 2.0
 
+# Byte offsets of baseOffset within a batch, for the scatter into the ring.
+_BASE_OFFSET_BYTES = np.arange(8, dtype=np.int64)
+
 # Header bytes 8..60 as read from the ring, one record per descriptor; only
 # the fields the turn needs are named (offsets relative to byte 8).
 _HEADER_FROM = 8
@@ -115,12 +113,13 @@ _HEADER_VIEW = np.dtype(
             "batch_length",
             "magic",
             "last_offset_delta",
+            "max_timestamp",
             "producer_id",
             "producer_epoch",
             "base_sequence",
         ],
-        "formats": [">i4", "i1", ">i4", ">i8", ">i2", ">i4"],
-        "offsets": [0, 8, 15, 35, 43, 45],
+        "formats": [">i4", "i1", ">i4", ">i8", ">i8", ">i2", ">i4"],
+        "offsets": [0, 8, 15, 27, 35, 43, 45],
         "itemsize": HEADER_SIZE - _HEADER_FROM,
     }
 )
@@ -186,17 +185,6 @@ class _Turn:
     appended: bool = False
 
 
-def _append_runs(lengths: npt.NDArray[np.int64]) -> list[tuple[int, int]]:
-    """Split batches into consecutive runs, one per APPEND_BYTES window of
-    the bytes they start in (a run ends at most one batch past its window);
-    (start, end) index pairs."""
-    if int(lengths.sum()) <= APPEND_BYTES:
-        return [(0, len(lengths))]
-    windows = (np.cumsum(lengths) - lengths) // APPEND_BYTES
-    cuts = (np.flatnonzero(np.diff(windows)) + 1).tolist()
-    return list(itertools.pairwise([0, *cuts, len(lengths)]))
-
-
 def _timed_flush(log: PartitionLog) -> tuple[int, LogStorageError | None]:
     """``log.flush()``: (nanoseconds taken, the failure or None)."""
     started = time.perf_counter_ns()
@@ -244,6 +232,14 @@ class WriterCore:
         # Sequence of the next descriptor each ring delivers: a receiver
         # resumes at the stored tail, which only this side writes.
         self._next_sequence = [ring.statistics().tail for ring in produce_rings]
+        # Per ring, one past the highest sequence an earlier writer applied
+        # to any partition: only descriptors below it can be redelivered
+        # ones, since everything this writer applies comes later.
+        self._redelivered_below = (
+            (commits.applied.max(axis=0) + 1).tolist()
+            if commits.rows
+            else [0] * commits.rings
+        )
         self.partitions = partitions
         self.commits = commits
         self.wake = wake
@@ -252,15 +248,17 @@ class WriterCore:
         self.beat = beat
         self._counters = _Counters(counters, slot)
 
-        # The ring data areas: memoryviews for writev, and read-only
-        # windows of HEADER_SIZE bytes starting at every position, so one
-        # fancy index copies the header bytes of every batch of a turn.
+        # The ring data areas: memoryviews for writev, byte arrays for the
+        # baseOffset scatter, and read-only windows of HEADER_SIZE bytes
+        # starting at every position, so one fancy index copies the header
+        # bytes of every batch of a turn.
         self._datas = [receiver.data for receiver in self.receivers]
+        self._data_bytes: list[npt.NDArray[np.uint8]] = [
+            np.frombuffer(data, dtype=np.uint8) for data in self._datas
+        ]
         self._header_windows: list[npt.NDArray[np.uint8]] = [
-            np.lib.stride_tricks.sliding_window_view(
-                np.frombuffer(data, dtype=np.uint8), HEADER_SIZE
-            )
-            for data in self._datas
+            np.lib.stride_tricks.sliding_window_view(data, HEADER_SIZE)
+            for data in self._data_bytes
         ]
 
         self._sync_pool: ThreadPoolExecutor | None = None
@@ -330,6 +328,7 @@ class WriterCore:
         self.partitions.rows.close()
         self.commits.close()
         self._header_windows.clear()
+        self._data_bytes.clear()
         self._datas.clear()
 
     def statistics(self) -> WriterStatistics:
@@ -395,13 +394,13 @@ class WriterCore:
         if turn is None:
             return 0
 
-        self._resolve_partitions(turn)
         order = np.argsort(turn.partition, kind="stable")
         ordered = turn.partition[order]
         starts = np.flatnonzero(np.diff(ordered)) + 1
         bounds = [0, *starts.tolist(), len(order)]
-        for first, end in itertools.pairwise(bounds):
-            index = int(ordered[first])
+        indexes = ordered[bounds[:-1]].tolist()
+        self._resolve_partitions(indexes)
+        for index, first, end in zip(indexes, bounds[:-1], bounds[1:], strict=True):
             group = order[first:end]
             partition = self.partitions.get(index)
             if partition is None:
@@ -492,10 +491,10 @@ class WriterCore:
         )
 
         # Applied by a writer that died before releasing them?
-        applied = self.commits.applied
-        in_range = (partition >= 0) & (partition < applied.shape[0])
         already = np.zeros(total, dtype=bool)
-        if in_range.any():
+        if any(first < self._redelivered_below[number] for number, _, first in chunks):
+            applied = self.commits.applied
+            in_range = (partition >= 0) & (partition < applied.shape[0])
             already[in_range] = (
                 sequence[in_range] <= applied[partition[in_range], ring[in_range]]
             )
@@ -534,10 +533,10 @@ class WriterCore:
             now_ms=int(time.time() * 1000),
         )
 
-    def _resolve_partitions(self, turn: _Turn) -> None:
-        """Reload the metadata once if a descriptor names an unknown index."""
-        unique = np.unique(turn.partition).tolist()
-        if any(self.partitions.get(index) is None for index in unique):
+    def _resolve_partitions(self, indexes: list[int]) -> None:
+        """Reload the metadata once if a descriptor names an unknown index
+        (``indexes``: each partition index of the turn once)."""
+        if any(self.partitions.get(index) is None for index in indexes):
             self.partitions.reload_if_changed()
 
     # -- per partition --------------------------------------------------------
@@ -634,31 +633,24 @@ class WriterCore:
                 turn.flush.setdefault(partition, []).append(synced)
             return
 
-        counts = header["last_offset_delta"][accepted].astype(np.int64) + 1
-        bases = end + np.cumsum(counts) - counts
+        deltas = header["last_offset_delta"][accepted].astype(np.int64)
+        bases = log.next_base_offsets(deltas)
         lengths = turn.length[accepted]
+        positions = turn.position[accepted]
         rings = turn.ring[accepted]
-        positions = turn.position[accepted].tolist()
-        ends = (turn.position[accepted] + lengths).tolist()
-        if rings[0] == rings[-1] and (rings == rings[0]).all():
-            data = self._datas[int(rings[0])]
-            views = [data[a:b] for a, b in zip(positions, ends, strict=True)]
-        else:
-            datas = self._datas
-            views = [
-                datas[ring][a:b]
-                for ring, a, b in zip(rings.tolist(), positions, ends, strict=True)
-            ]
-        runs = _append_runs(lengths)
+        columns = BatchColumns(
+            base_offset=bases,
+            last_offset=bases + deltas,
+            max_timestamp=header["max_timestamp"][accepted].astype(np.int64),
+            size=lengths,
+        )
         active_before = log.active_segment_base_offset
         try:
-            for run_start, run_end in runs:
-                first, _ = log.append(views[run_start:run_end], turn.now_ms)
-                # Offsets are assigned from the log end offset, as predicted.
-                assert first == bases[run_start], (first, bases[run_start])
+            buffers = self._set_base_offsets(rings, positions, lengths, bases)
+            writes = log.append_assigned(buffers, columns, turn.now_ms)
         except LogStorageError as exc:
-            # Runs appended before the failure are cut back on reopen: the
-            # commit record keeps the log end offset from before this turn.
+            # The log undid the append (or its reopen will: nothing of this
+            # turn is committed).
             turn.error[accepted] = ErrorCode.KAFKA_STORAGE_ERROR
             turn.error[pending] = ErrorCode.KAFKA_STORAGE_ERROR
             turn.base[accepted] = -1
@@ -676,10 +668,8 @@ class WriterCore:
         if len(synced):
             turn.flush.setdefault(partition, []).append(synced)
 
-        count = len(views)
+        count = len(accepted)
         size = int(lengths.sum())
-        # IOV_MAX (1024) buffers per writev.
-        writes = sum(-(-(run_end - run_start) // 1024) for run_start, run_end in runs)
         self.batches += count
         self.bytes += size
         self.writev_calls += writes
@@ -688,6 +678,48 @@ class WriterCore:
             counters.slot.add(counters.batches, count)
             counters.slot.add(counters.bytes, size)
             counters.slot.add(counters.writev_calls, writes)
+
+    def _set_base_offsets(
+        self,
+        rings: npt.NDArray[np.int64],
+        positions: npt.NDArray[np.int64],
+        lengths: npt.NDArray[np.int64],
+        bases: npt.NDArray[np.int64],
+    ) -> list[memoryview]:
+        """Write each batch's baseOffset into the ring (one numpy scatter per
+        ring) and return the batches' bytes for writev: one memoryview per
+        run of batches that lie back to back in one ring."""
+        big_endian = bases.astype(">i8").view(np.uint8).reshape(-1, 8)
+        ends = positions + lengths
+        # Runs break where a batch does not start where the previous ended
+        # (a wrap, another partition's batches) or in another ring.
+        apart = positions[1:] != ends[:-1]
+        one_ring = bool(rings[0] == rings[-1]) and bool((rings == rings[0]).all())
+        if one_ring:
+            data = self._data_bytes[int(rings[0])]
+            data[positions[:, None] + _BASE_OFFSET_BYTES] = big_endian
+        else:
+            apart |= rings[1:] != rings[:-1]
+            for ring in np.unique(rings).tolist():
+                mine = rings == ring
+                data = self._data_bytes[ring]
+                data[positions[mine][:, None] + _BASE_OFFSET_BYTES] = big_endian[mine]
+
+        breaks = np.flatnonzero(apart)
+        if not len(breaks) and one_ring:
+            return [self._datas[int(rings[0])][int(positions[0]) : int(ends[-1])]]
+        firsts = [0, *(breaks + 1).tolist()]
+        lasts = [*breaks.tolist(), len(positions) - 1]
+        datas = self._datas
+        return [
+            datas[ring][start:end]
+            for ring, start, end in zip(
+                rings[firsts].tolist(),
+                positions[firsts].tolist(),
+                ends[lasts].tolist(),
+                strict=True,
+            )
+        ]
 
     def _check_producers(
         self,

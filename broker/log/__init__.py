@@ -14,9 +14,10 @@ from broker.log.partition import (
     ReadPosition,
     RecoveryReport,
 )
-from broker.log.segment import SegmentReader, list_segment_base_offsets
+from broker.log.segment import BatchColumns, SegmentReader, list_segment_base_offsets
 
 __all__ = [
+    "BatchColumns",
     "BatchError",
     "InvalidBatch",
     "LogConfig",

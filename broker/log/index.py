@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -91,6 +92,8 @@ UNUSED_POSITION = INT32_MAX
 UNUSED_TIMESTAMP = INT64_MAX
 
 Entries = npt.NDArray[Any]
+# Values for one column of several new entries: a list or an int64 array.
+Column = Sequence[int] | npt.NDArray[np.int64]
 
 
 class _MappedIndex:
@@ -249,6 +252,16 @@ class OffsetIndex(_MappedIndex):
         self._columns["relative_offset"][slot] = relative_offset
         self.count = slot + 1
 
+    def append_many(self, relative_offsets: Column, positions: Column) -> None:
+        """Add entries in order (one slice store per column); the caller
+        keeps both columns increasing and within int32. Every position is
+        stored before any key, so a reader that sees a key sees its entry."""
+        slot = self.count
+        end = slot + len(relative_offsets)
+        self._columns["position"][slot:end] = positions
+        self._columns["relative_offset"][slot:end] = relative_offsets
+        self.count = end
+
     def lookup(
         self, relative_offset: int, max_position: int = INT32_MAX - 1
     ) -> tuple[int, int] | None:
@@ -335,6 +348,15 @@ class TimeIndex(_MappedIndex):
         self._columns["relative_offset"][slot] = relative_offset
         self._columns["timestamp"][slot] = timestamp
         self.count = slot + 1
+
+    def append_many(self, timestamps: Column, relative_offsets: Column) -> None:
+        """Add entries in order, relative offsets before any key (see
+        :meth:`OffsetIndex.append_many`)."""
+        slot = self.count
+        end = slot + len(timestamps)
+        self._columns["relative_offset"][slot:end] = relative_offsets
+        self._columns["timestamp"][slot:end] = timestamps
+        self.count = end
 
     def last(self) -> tuple[int, int] | None:
         """The last valid entry as (timestamp, relative offset)."""

@@ -4,13 +4,16 @@ recovery from torn or corrupt files, and write failures."""
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import logging
 import os
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from broker.log.index import INT32_MAX
@@ -21,6 +24,7 @@ from broker.log.partition import (
     OffsetOutOfRangeError,
     PartitionLog,
 )
+from broker.log.segment import SUFFIXES, BatchColumns
 
 from .support import make_batch, scan_directory
 
@@ -151,6 +155,127 @@ def test_append_rejects_malformed_batch_before_changing_anything(
     assert log.log_end_offset == 0
     assert good[0:8] == bytes(8)
     assert (tmp_path / "orders-3" / f"{0:020d}.log").stat().st_size == 0
+    log.close()
+
+
+# -- appends with assigned offsets (the writer process's path) -----------------
+
+
+def _assign(
+    log: PartitionLog, batches: list[bytearray], runs: int
+) -> tuple[list[memoryview], BatchColumns]:
+    """What the writer does for one partition: take the header fields,
+    rewrite the baseOffsets and hand over ``runs`` runs of whole batches."""
+    deltas = np.array([struct.unpack_from(">i", b, 23)[0] for b in batches])
+    bases = log.next_base_offsets(deltas)
+    for batch, base in zip(batches, bases.tolist(), strict=True):
+        batch[0:8] = base.to_bytes(8, "big")
+    columns = BatchColumns(
+        base_offset=bases,
+        last_offset=bases + deltas,
+        max_timestamp=np.array([struct.unpack_from(">q", b, 35)[0] for b in batches]),
+        size=np.array([len(b) for b in batches], dtype=np.int64),
+    )
+    joined = memoryview(bytearray(b"".join(batches)))
+    cuts = np.cumsum([0, *columns.size.tolist()])
+    edges = [int(cuts[len(batches) * n // runs]) for n in range(runs + 1)]
+    buffers = [joined[a:b] for a, b in itertools.pairwise(edges)]
+    return buffers, columns
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {
+        path.name: path.read_bytes()
+        for path in sorted(directory.iterdir())
+        if path.suffix in SUFFIXES
+    }
+
+
+@pytest.mark.parametrize("segment_bytes", [300, 5_000, 60_000, 1 << 20])
+@pytest.mark.parametrize("calls", [1, 3])
+def test_append_assigned_writes_what_append_writes_across_rolls(
+    tmp_path: Path, segment_bytes: int, calls: int
+) -> None:
+    """Same files (batches, indexes), offsets and rolls whether batches come
+    one view each or as runs described by columns."""
+    shapes = [(1 + n % 5, (n * 37) % 1_500, n % 90) for n in range(240)]
+
+    def batches() -> list[bytearray]:
+        return [make_batch(r, v, timestamp=t) for r, v, t in shapes]
+
+    config = {"segment_bytes": segment_bytes, "index_interval_bytes": 700}
+    by_view = PartitionLog.open(tmp_path / "a", "orders", 3, LogConfig(**config))
+    by_column = PartitionLog.open(tmp_path / "b", "orders", 3, LogConfig(**config))
+    every = batches()
+    for start in range(0, len(every), 7):
+        by_view.append([memoryview(b) for b in every[start : start + 7]], 0)
+    every = batches()
+    per_call = -(-len(every) // calls)
+    for start in range(0, len(every), per_call):
+        part = every[start : start + per_call]
+        buffers, columns = _assign(by_column, part, runs=4)
+        writes = by_column.append_assigned(buffers, columns, 0)
+        assert writes >= 1
+
+    assert by_column.log_end_offset == by_view.log_end_offset
+    assert by_column.segment_base_offsets() == by_view.segment_base_offsets()
+    by_view.close()
+    by_column.close()
+    assert _files(tmp_path / "b" / "orders-3") == _files(tmp_path / "a" / "orders-3")
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        ("first_base", "first base offset 5, log end offset 1"),
+        ("gap", "not contiguous offsets"),
+        ("short_buffers", "buffers hold"),
+        ("not_rewritten", "does not start with a batch of base offset 1"),
+        ("lengths", "different lengths"),
+    ],
+)
+def test_append_assigned_rejects_inconsistent_columns_before_changing_anything(
+    tmp_path: Path, spoil: str, message: str
+) -> None:
+    log = _open(tmp_path)
+    _append(log, make_batch())
+    before = _files(tmp_path / "orders-3")
+    batches = [make_batch(records=2), make_batch(records=3)]
+    buffers, columns = _assign(log, batches, runs=2)
+    if spoil == "first_base":
+        columns = BatchColumns(
+            columns.base_offset + 4,
+            columns.last_offset + 4,
+            columns.max_timestamp,
+            columns.size,
+        )
+    elif spoil == "gap":
+        base = columns.base_offset.copy()
+        base[1] += 1
+        columns = BatchColumns(
+            base, columns.last_offset, columns.max_timestamp, columns.size
+        )
+    elif spoil == "short_buffers":
+        buffers = buffers[:1]
+    elif spoil == "not_rewritten":
+        buffers[0][0:8] = bytes(8)
+    else:
+        columns = BatchColumns(
+            columns.base_offset,
+            columns.last_offset[:1],
+            columns.max_timestamp,
+            columns.size,
+        )
+
+    with pytest.raises(ValueError, match=message):
+        log.append_assigned(buffers, columns, 0)
+
+    assert log.log_end_offset == 1
+    assert _files(tmp_path / "orders-3") == before
+    # Not sticky: a correct call goes through.
+    buffers, columns = _assign(log, [make_batch(records=2)], runs=1)
+    log.append_assigned(buffers, columns, 0)
+    assert log.log_end_offset == 3
     log.close()
 
 
@@ -634,6 +759,37 @@ def test_write_failure_after_roll_undoes_the_whole_append(
     assert _payloads(tmp_path / "orders-3") == payloads
     assert log.log_end_offset == 1
     log.close()
+
+
+def test_append_assigned_write_failure_after_roll_undoes_the_whole_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = _open(tmp_path, segment_bytes=3_000)
+    _append(log, make_batch(value_size=300))
+    before = _files(tmp_path / "orders-3")
+    real_writev = os.writev
+    calls = []
+
+    def third_call_fails(fd: int, buffers: Any) -> int:
+        calls.append(sum(len(b) for b in buffers))
+        if len(calls) == 3:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_writev(fd, buffers)
+
+    monkeypatch.setattr(os, "writev", third_call_fails)
+    # Six 1 KiB batches in one run: two rolls, so three writev calls.
+    buffers, columns = _assign(
+        log, [make_batch(value_size=1_000) for _ in range(6)], runs=1
+    )
+    with pytest.raises(LogStorageError, match="Input/output error"):
+        log.append_assigned(buffers, columns, 0)
+
+    assert len(calls) == 3
+    assert log.segment_base_offsets() == [0]
+    assert log.log_end_offset == 1
+    monkeypatch.undo()
+    log.close()
+    assert _files(tmp_path / "orders-3") == before
 
 
 def test_fdatasync_failure_is_sticky(

@@ -3,17 +3,23 @@ of the files, over many index intervals, batch sizes and segment sizes."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import broker.log.segment as segment_module
 from broker.log.batch import build_batch
 from broker.log.partition import LogConfig, PartitionLog
 from broker.log.segment import (
+    BatchColumns,
     BatchMeta,
     Segment,
     SegmentReader,
@@ -229,3 +235,203 @@ def test_segment_recover_from_end_keeps_index_and_state(
     last_position = entries_before[-1][1] if entries_before else 0
     assert result.scanned_from == last_position
     segment.close()
+
+
+# -- appends described by columns ---------------------------------------------
+
+
+def _metas(base_offset: int, shapes: Sequence[tuple[int, int, int]]) -> list[BatchMeta]:
+    """Metas of batches (records, size, maxTimestamp) from ``base_offset``."""
+    metas = []
+    for records, size, max_timestamp in shapes:
+        metas.append((base_offset, base_offset + records - 1, max_timestamp, size))
+        base_offset += records
+    return metas
+
+
+def _columns(metas: Sequence[BatchMeta]) -> BatchColumns:
+    base, last, stamp, size = (
+        np.array(c, dtype=np.int64) for c in zip(*metas, strict=True)
+    )
+    return BatchColumns(base, last, stamp, size)
+
+
+def _plan_lists(plan: Any) -> tuple[Any, ...]:
+    """A plan with its entries as lists of int pairs, whichever planner."""
+    tracking, *entries = plan
+    return (
+        tracking,
+        *(
+            found
+            if isinstance(found, list)
+            else list(zip(*map(list, found), strict=True))
+            for found in entries
+        ),
+    )
+
+
+# (records, size in bytes, maxTimestamp): sizes around every interval below,
+# timestamps that repeat, fall and rise.
+column_shapes = st.lists(
+    st.tuples(
+        st.integers(1, 5),
+        st.one_of(st.integers(61, 400), st.integers(3_000, 20_000)),
+        st.integers(-1, 300),
+    ),
+    min_size=1,
+    max_size=150,
+)
+
+
+@PROPERTY_SETTINGS
+@given(
+    before=st.lists(
+        st.tuples(st.integers(1, 5), st.integers(61, 9_000), st.integers(-1, 300)),
+        max_size=12,
+    ),
+    shapes=column_shapes,
+    interval=st.sampled_from([1, 61, 300, 4_096, 20_000]),
+    capacity=st.sampled_from([2, 6, 40, 1_000]),
+    segment_base=st.sampled_from([0, 7_000]),
+)
+def test_segment_plan_columns_matches_per_batch_plan(
+    before: list[tuple[int, int, int]],
+    shapes: list[tuple[int, int, int]],
+    interval: int,
+    capacity: int,
+    segment_base: int,
+) -> None:
+    """The numpy planner gives the per-batch loop's state and index entries,
+    including when an index runs out of room (it defers to the loop)."""
+    with (
+        tempfile.TemporaryDirectory() as temporary,
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        patch.setattr(segment_module, "VECTOR_MIN_BATCHES", 1)
+        segment = Segment(
+            Path(temporary),
+            segment_base,
+            index_interval_bytes=interval,
+            index_capacity=capacity,
+        )
+        earlier = _metas(segment_base, before)
+        if earlier:
+            segment.append([memoryview(bytes(m[3])) for m in earlier], earlier, 0)
+        metas = _metas(segment.next_offset, shapes)
+
+        expected = segment._plan(metas)
+        planned = segment._plan_columns(_columns(metas))
+
+        assert _plan_lists(planned) == _plan_lists(expected)
+        segment.close()
+
+
+@pytest.mark.parametrize("interval", [1, 200, 4_096])
+def test_segment_append_columns_writes_what_append_writes(
+    tmp_path: Path, interval: int
+) -> None:
+    """Same bytes, index entries and state through either append, with the
+    batches handed over as a few runs instead of one view each."""
+    batches = [
+        make_batch(records=1 + n % 4, value_size=(n * 173) % 5_000, timestamp=n % 50)
+        for n in range(200)
+    ]
+    metas = _metas(
+        0, [(1 + n % 4, len(b), n % 50 + n % 4) for n, b in enumerate(batches)]
+    )
+    for batch, meta in zip(batches, metas, strict=True):
+        batch[0:8] = meta[0].to_bytes(8, "big")
+    joined = memoryview(b"".join(batches))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    by_batch = Segment(
+        tmp_path / "a", 0, index_interval_bytes=interval, index_capacity=500
+    )
+    by_column = Segment(
+        tmp_path / "b", 0, index_interval_bytes=interval, index_capacity=500
+    )
+
+    for part in (slice(0, 70), slice(70, 200)):
+        by_batch.append([memoryview(b) for b in batches[part]], metas[part], 0)
+    # The second call's runs are cut inside a batch: a segment takes bytes.
+    first_bytes = sum(m[3] for m in metas[:70])
+    by_column.append_columns([joined[:first_bytes]], _columns(metas[:70]), 0)
+    middle = first_bytes + 90_001
+    by_column.append_columns(
+        [joined[first_bytes:middle], joined[middle:]], _columns(metas[70:]), 0
+    )
+
+    assert (tmp_path / "a" / f"{0:020d}.log").read_bytes() == bytes(joined)
+    assert (tmp_path / "b" / f"{0:020d}.log").read_bytes() == bytes(joined)
+    assert (
+        by_column.offset_index.entries().tolist()
+        == by_batch.offset_index.entries().tolist()
+    )
+    assert (
+        by_column.time_index.entries().tolist()
+        == by_batch.time_index.entries().tolist()
+    )
+    assert (by_column.size, by_column.next_offset, by_column.max_timestamp) == (
+        by_batch.size,
+        by_batch.next_offset,
+        by_batch.max_timestamp,
+    )
+    assert by_column.offset_index.count > 0
+    for offset in range(0, by_batch.next_offset, 7):
+        assert by_column.find_position(offset) == by_batch.find_position(offset)
+    by_batch.close()
+    by_column.close()
+
+
+@pytest.mark.parametrize("write_bytes", [1, 100, 16_205, 50_000])
+@pytest.mark.parametrize("iov_max", [1, 3, 1_024])
+def test_write_all_splits_calls_at_write_bytes_and_iov_max(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_bytes: int, iov_max: int
+) -> None:
+    monkeypatch.setattr(segment_module, "WRITE_BYTES", write_bytes)
+    monkeypatch.setattr(segment_module, "IOV_MAX", iov_max)
+    data = bytes(range(256)) * 700
+    cuts = [0, 1, 61, 5_000, 5_000, 40_000, 120_000, len(data)]
+    buffers = [memoryview(data)[a:b] for a, b in itertools.pairwise(cuts)]
+    calls: list[list[int]] = []
+    real_writev = os.writev
+
+    def writev(fd: int, chunk: Any) -> int:
+        calls.append([len(buffer) for buffer in chunk])
+        return real_writev(fd, chunk)
+
+    monkeypatch.setattr(os, "writev", writev)
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        made = segment_module._write_all(fd, buffers, len(data))
+    finally:
+        os.close(fd)
+
+    assert (tmp_path / "out").read_bytes() == data
+    assert made == len(calls)
+    assert all(sum(call) <= write_bytes and len(call) <= iov_max for call in calls)
+    # Only the last call is short of a limit: no call is cut early.
+    for call in calls[:-1]:
+        assert sum(call) == write_bytes or len(call) == iov_max
+
+
+def test_write_all_completes_short_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(segment_module, "WRITE_BYTES", 10_000)
+    data = bytes(range(256)) * 200
+    buffers = [memoryview(data)[:3_000], memoryview(data)[3_000:]]
+    real_writev = os.writev
+
+    def short_writev(fd: int, chunk: Any) -> int:
+        # Write only part of the first buffer, as a signal or a full disk can.
+        first = memoryview(chunk[0])
+        return real_writev(fd, [first[: max(1, len(first) // 3)]])
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        segment_module._write_all(fd, buffers, len(data))
+    finally:
+        os.close(fd)
+    assert (tmp_path / "out").read_bytes() == data

@@ -47,7 +47,7 @@ def test_turn_appends_once_and_syncs_once_per_partition(
 ) -> None:
     indexes = broker.create_topic("orders", 3)
     broker.start_core()
-    appends = _count_calls(monkeypatch, PartitionLog, "append")
+    appends = _count_calls(monkeypatch, PartitionLog, "append_assigned")
     syncs = _count_calls(monkeypatch, os, "fdatasync")
 
     # 60 batches over 3 partitions and 2 rings, all in one turn; acks=-1 on
@@ -66,7 +66,7 @@ def test_turn_appends_once_and_syncs_once_per_partition(
         sender.publish()
 
     assert broker.turn() == 60
-    assert appends["append"] == 3
+    assert appends["append_assigned"] == 3
     assert syncs["fdatasync"] == 2
     completions = broker.net.wait_for([i[0] for i in ids.values()], 1.0)
     assert all(c.error_code == 0 for c in completions)
@@ -85,6 +85,74 @@ def test_turn_appends_once_and_syncs_once_per_partition(
         assert row["high_watermark"] == row["log_end_offset"]
         assert row["high_watermark_position"] == stored[-1].position + stored[-1].size
         assert row["state"] == STATE_ONLINE
+
+
+def test_turn_hands_each_partition_its_ring_runs_in_one_append(
+    broker: InProcessBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches that lie back to back in a ring reach writev as one buffer;
+    a data-area wrap, another partition's batches in between and another
+    ring each start a new one. Offsets, answers and index lookups come out
+    as batch by batch."""
+    orders, other = broker.create_topic("orders", 2)
+    broker.start_core()
+    # Move ring 0's data head near the end of its 1 MiB area.
+    for number in range(10):
+        broker.send_and_turn(0, other, [make_batch(900 + number, value_size=70_000)])
+
+    handed: dict[str, list[int]] = {}
+    original = PartitionLog.append_assigned
+
+    def append_assigned(
+        self: PartitionLog, buffers: Any, columns: Any, now_ms: int
+    ) -> int:
+        handed[self.topic_partition] = [len(buffer) for buffer in buffers]
+        return int(original(self, buffers, columns, now_ms))
+
+    monkeypatch.setattr(PartitionLog, "append_assigned", append_assigned)
+    ids: list[int] = []
+    expected: list[int] = []  # test ids of orders-0 in ring order
+    test_id_of: dict[int, int] = {}  # request id -> test id, orders-0
+    for request in range(12):
+        batch_ids = [request * 100 + n for n in range(9)]
+        batches = [make_batch(i, 1 + i % 3, 100 + i * 397 % 7_000) for i in batch_ids]
+        sent = broker.net.send(0, orders, batches, publish=False)
+        test_id_of.update(zip(sent, batch_ids, strict=True))
+        ids += sent
+        expected += batch_ids
+        if request == 5:
+            ids += broker.net.send(0, other, [make_batch(999)], publish=False)
+    ring_one = [5_000 + n for n in range(8)]
+    sent = broker.net.send(1, orders, [make_batch(i, 2, 3_000) for i in ring_one])
+    test_id_of.update(zip(sent, ring_one, strict=True))
+    ids += sent
+    expected += ring_one
+    for sender in broker.net.senders:
+        sender.publish()
+
+    assert broker.turn() == len(ids)
+    completions = broker.net.wait_for(ids, 1.0)
+    assert all(c.error_code == 0 for c in completions)
+
+    # 116 batches of orders-0 in four runs: breaks where ring 0's data area
+    # wraps, at the other partition's batch and at ring 1.
+    assert len(handed["orders-0"]) == 4
+    stored = read_log(broker.data_dir, "orders", 0)
+    assert [batch.test_id for batch in stored] == expected
+    assert offsets_are_contiguous(stored)
+    assert sum(handed["orders-0"]) == sum(batch.size for batch in stored)
+    by_id = {batch.test_id: batch for batch in stored}
+    answered = {
+        test_id_of[c.request_id]: c.base_offset
+        for c in completions
+        if c.partition == orders
+    }
+    assert answered == {i: batch.base_offset for i, batch in by_id.items()}
+    log = broker.core.partitions.get(orders).log
+    assert log.segment_base_offsets() == [0]
+    for batch in stored:
+        for offset in (batch.base_offset, batch.last_offset):
+            assert log.read_position(offset).position == batch.position
 
 
 def test_turn_answers_unknown_partition_then_appends_after_metadata_change(
@@ -461,14 +529,14 @@ def test_internal_fault_is_contained_to_its_partition(
 ) -> None:
     good, bad = broker.create_topic("orders", 2)
     broker.start_core()
-    original = PartitionLog.append
+    original = PartitionLog.append_assigned
 
-    def append(self: PartitionLog, views: Any, now_ms: int) -> tuple[int, int]:
+    def append(self: PartitionLog, buffers: Any, columns: Any, now_ms: int) -> int:
         if self.topic_partition == "orders-1":
             raise RuntimeError("a bug")
-        return original(self, views, now_ms)
+        return original(self, buffers, columns, now_ms)
 
-    monkeypatch.setattr(PartitionLog, "append", append)
+    monkeypatch.setattr(PartitionLog, "append_assigned", append)
     ids = broker.net.send(0, good, [make_batch(1)]) + broker.net.send(
         1, bad, [make_batch(2)]
     )
@@ -478,7 +546,7 @@ def test_internal_fault_is_contained_to_its_partition(
     assert broker.row(bad)["state"] == STATE_OFFLINE
     assert any(r.getMessage() == "writer.partition_fault" for r in caplog.records)
 
-    monkeypatch.setattr(PartitionLog, "append", original)
+    monkeypatch.setattr(PartitionLog, "append_assigned", original)
     broker.core.background(now=time.monotonic() + REOPEN_FIRST_S + 0.1)
     [healed] = broker.send_and_turn(1, bad, [make_batch(3)])
     assert (healed.error_code, healed.base_offset) == (0, 0)
