@@ -151,6 +151,8 @@ class _Counters:
             self.fsyncs = block.counter_id("writer_fsyncs")
             self.turn_us = block.histogram_id("writer_turn_us")
             self.fsync_us = block.histogram_id("fsync_us")
+            self.writev_batches = block.histogram_id("writer_writev_batches")
+            self.writev_bytes = block.histogram_id("writer_writev_bytes")
             self.parked = block.counter_id("parked_fetches_gauge")
             self.metadata_version = block.counter_id("metadata_version_gauge")
 
@@ -678,6 +680,11 @@ class WriterCore:
             counters.slot.add(counters.batches, count)
             counters.slot.add(counters.bytes, size)
             counters.slot.add(counters.writev_calls, writes)
+            # One observation per partition append: its batches and bytes
+            # per writev call (an append is cut into calls of WRITE_BYTES).
+            calls = max(writes, 1)
+            counters.slot.observe(counters.writev_batches, count // calls)
+            counters.slot.observe(counters.writev_bytes, size // calls)
 
     def _set_base_offsets(
         self,
