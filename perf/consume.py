@@ -68,7 +68,13 @@ from perf.produce import (
 )
 from perf.report import Measurement, RunResult, Skipped
 from perf.ringbus import SYSTEM, BrokerTarget, Profiler, add_target_arguments
-from perf.workers import WorkerResult, merge_results, run_workers, wait_for_start
+from perf.workers import (
+    WorkerResult,
+    merge_results,
+    report_outcome,
+    run_workers,
+    wait_for_start,
+)
 
 MODES = ("client", "raw", "kcat")
 
@@ -284,12 +290,7 @@ class FetchPlan:
 
 
 def fetch_worker(plan: FetchPlan, control: Connection) -> None:
-    try:
-        result = _fetch(plan, control)
-    except Exception as exc:
-        # Reported to the parent, which fails the run with it.
-        result = WorkerResult(errors=[f"{type(exc).__name__}: {exc}"])
-    control.send(result)
+    report_outcome(_fetch, plan, control)
 
 
 def _fetch(plan: FetchPlan, control: Connection) -> WorkerResult:

@@ -80,7 +80,13 @@ from perf.kafka_wire import (
 )
 from perf.report import Measurement, RunResult, Skipped
 from perf.ringbus import SYSTEM, BrokerTarget, Profiler, add_target_arguments
-from perf.workers import WorkerResult, merge_results, run_workers, wait_for_start
+from perf.workers import (
+    WorkerResult,
+    merge_results,
+    report_outcome,
+    run_workers,
+    wait_for_start,
+)
 
 MODES = ("pipelined", "client", "kcat")
 _topic_counter = itertools.count()
@@ -226,13 +232,7 @@ class _Connection:
 
 
 def pipelined_worker(plan: PipelinedPlan, control: Connection) -> None:
-    """Child process entry: report a result or the error that stopped it."""
-    try:
-        result = _pipelined(plan, control)
-    except Exception as exc:
-        # Reported to the parent, which fails the run with it.
-        result = WorkerResult(errors=[f"{type(exc).__name__}: {exc}"])
-    control.send(result)
+    report_outcome(_pipelined, plan, control)
 
 
 def _pipelined(plan: PipelinedPlan, control: Connection) -> WorkerResult:
@@ -599,13 +599,7 @@ def client_config(plan: ClientPlan, latency: bool) -> dict[str, Any]:
 
 
 def client_worker(plan: ClientPlan, control: Connection) -> None:
-    try:
-        result = _client(plan, control)
-    except Exception as exc:
-        # confluent_kafka.KafkaException and the rest: reported to the
-        # parent, which fails the run with it.
-        result = WorkerResult(errors=[f"{type(exc).__name__}: {exc}"])
-    control.send(result)
+    report_outcome(_client, plan, control)
 
 
 def _client(plan: ClientPlan, control: Connection) -> WorkerResult:

@@ -23,9 +23,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypeVar
 
 from perf.harness import NANOS_PER_SECOND, LatencyHistogram, TimelinePoint
+
+PlanT = TypeVar("PlanT")
 
 READY = "ready"
 
@@ -59,6 +61,18 @@ class MergedResult:
     errors: list[str]
     stop_reasons: list[str]
     extras: list[dict[str, Any]]
+
+
+def report_outcome(
+    work: Callable[[PlanT, Connection], WorkerResult], plan: PlanT, control: Connection
+) -> None:
+    """Child process entry: send the parent ``work``'s result, or the error
+    that stopped it (the parent fails the run with it)."""
+    try:
+        result = work(plan, control)
+    except Exception as exc:
+        result = WorkerResult(errors=[f"{type(exc).__name__}: {exc}"])
+    control.send(result)
 
 
 def wait_for_start(control: Connection, timeout_s: float = 120.0) -> int:
