@@ -13,5 +13,16 @@ Modules:
 - ``servers``: servers started on 127.0.0.1 in a temporary directory and
   stopped by their PID.
 - ``cli``: the subcommand registry and the shared run/report flow.
-- ``limits``, ``peers``: the subcommands.
+- ``workers``: load-generating child processes started together, their
+  results merged.
+- ``kafka_wire``: pre-built record batches, pipelined Produce and Fetch
+  frames over raw sockets.
+- ``ringbus``: the broker a run targets (started for the run or given), and
+  py-spy profiles of its processes.
+- ``produce``, ``consume``, ``latency``, ``scale``: the Ringbus subcommands.
+- ``limits``: the machine's ceilings; ``peers`` (with ``peers.redis_streams``
+  and ``peers.nats_jetstream``): the same shapes against other servers.
+- ``compare``, ``targets``: everything in one run, and the verdict per target.
+- ``bench_ring``, ``bench_log``, ``bench_writer``, ``bench_metrics``: component
+  benchmarks, run as scripts.
 """

@@ -410,8 +410,6 @@ def _limits(
     args: argparse.Namespace, context: RunContext, result: RunResult, write_bytes: int
 ) -> None:
     """Loopback TCP, sendfile and fresh page-cache write, 3 samples each."""
-    # LIMITATION: uses perf.limits' _repeat and _median_measurement, which
-    # are private there; a change of their signatures breaks compare.
     from perf import limits
     from perf.cli import size_argument
 
@@ -421,62 +419,50 @@ def _limits(
     with tempfile.TemporaryDirectory(prefix="ringbus-perf-compare-") as directory:
         base = Path(directory)
         common = {"seconds_bound": 10.0, "repeat": repeat}
-        samples = limits._repeat(
-            context,
-            "tcp_loopback",
-            limit_bytes,
-            repeat,
-            lambda phase: limits.measure_tcp_loopback(
-                limit_bytes, 1 << 20, 10.0, clock, phase
-            ),
-        )
         result.measurements.append(
-            limits._median_measurement(
-                "machine.tcp_loopback",
+            limits.measure_limit(
+                context,
                 "tcp_loopback",
-                samples,
+                limit_bytes,
+                repeat,
+                lambda phase: limits.measure_tcp_loopback(
+                    limit_bytes, 1 << 20, 10.0, clock, phase
+                ),
                 {**common, "bytes_bound": limit_bytes},
                 "sendall over 127.0.0.1 to a second process",
             )
         )
-        samples = limits._repeat(
-            context,
-            "sendfile",
-            limit_bytes,
-            repeat,
-            lambda phase: limits.measure_sendfile(
-                limit_bytes, 256 << 20, base, 10.0, clock, phase
-            ),
-        )
         result.measurements.append(
-            limits._median_measurement(
-                "machine.sendfile",
+            limits.measure_limit(
+                context,
                 "sendfile",
-                samples,
+                limit_bytes,
+                repeat,
+                lambda phase: limits.measure_sendfile(
+                    limit_bytes, 256 << 20, base, 10.0, clock, phase
+                ),
                 {**common, "bytes_bound": limit_bytes},
                 "os.sendfile from a page-cached file to a 127.0.0.1 socket",
             )
         )
+
+        # As in ``limits``, every fresh-write file stays until all samples
+        # are done, so no sample writes into pages an earlier one freed.
         counter = iter(range(repeat))
-        samples = limits._repeat(
-            context,
-            "pagecache_write",
-            write_bytes,
-            repeat,
-            lambda phase: limits.measure_pagecache_write(
-                base / f"fresh-{next(counter)}.bin",
-                write_bytes,
-                1 << 20,
-                30.0,
-                clock,
-                phase,
-            ),
-        )
         result.measurements.append(
-            limits._median_measurement(
-                "machine.pagecache_write",
+            limits.measure_limit(
+                context,
                 "pagecache_write",
-                samples,
+                write_bytes,
+                repeat,
+                lambda phase: limits.measure_pagecache_write(
+                    base / f"fresh-{next(counter)}.bin",
+                    write_bytes,
+                    1 << 20,
+                    30.0,
+                    clock,
+                    phase,
+                ),
                 {**common, "bytes_bound": write_bytes, "seconds_bound": 30.0},
                 "sequential write of as much new data as the pipelined run wrote",
             )

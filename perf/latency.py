@@ -39,7 +39,7 @@ from perf.harness import (
     stamp_value,
 )
 from perf.produce import create_topic, new_topic
-from perf.report import Measurement, RunResult
+from perf.report import Measurement, RunResult, latency_measurements
 from perf.ringbus import SYSTEM, BrokerTarget, Profiler, add_target_arguments
 
 CONSUMER_START_TIMEOUT_S = 60.0
@@ -276,34 +276,20 @@ def measure_latency(
         "client": "confluent-kafka",
         **profiler.notes(),
     }
-    return [
-        Measurement(
-            name=f"{SYSTEM}.latency-e2e",
-            system=SYSTEM,
-            workload="latency",
-            record_bytes=record_bytes,
-            records=report.records,
-            bytes=report.records * record_bytes,
-            seconds=report.seconds,
-            latency=LatencyHistogram.decode(result.histogram).summary(),
-            timeline=[TimelinePoint(t, r, b) for t, r, b in result.timeline],
-            params=params,
-            note="produce at a fixed rate -> consumer in another process; "
+    return latency_measurements(
+        SYSTEM,
+        record_bytes,
+        report,
+        LatencyHistogram.decode(result.histogram).summary(),
+        ack_histogram.summary(),
+        [TimelinePoint(t, r, b) for t, r, b in result.timeline],
+        params,
+        (
+            "produce at a fixed rate -> consumer in another process; "
             "from intended send time",
+            "delivery report at a fixed rate; from intended send time",
         ),
-        Measurement(
-            name=f"{SYSTEM}.latency-ack",
-            system=SYSTEM,
-            workload="latency",
-            record_bytes=record_bytes,
-            records=report.records,
-            bytes=report.records * record_bytes,
-            seconds=report.seconds,
-            latency=ack_histogram.summary(),
-            params=params,
-            note="delivery report at a fixed rate; from intended send time",
-        ),
-    ]
+    )
 
 
 def run(args: argparse.Namespace, context: RunContext) -> RunResult:

@@ -316,21 +316,40 @@ def measure_memcpy(
     return Sample(copied, seconds, reason, series.points())
 
 
-def _median_measurement(
-    name: str,
-    workload: str,
-    samples: list[Sample],
+def measure_limit(
+    context: RunContext,
+    kind: str,
+    total: int,
+    repeat: int,
+    measure: Callable[[Phase], Sample],
     params: dict[str, object],
     note: str,
 ) -> Measurement:
-    """The median sample as the figure; every sample's GB/s kept in params."""
+    """Take ``repeat`` samples of one ceiling and return ``machine.<kind>``:
+    the median sample as the figure, every sample's GB/s kept in params.
+
+    ``measure`` runs one sample under the progress phase it is given; each
+    sample's rate is noted on the progress output as it ends.
+    """
+    samples = []
+    for index in range(repeat):
+        phase = context.progress.phase(f"{kind} {index + 1}/{repeat}", total, unit="B")
+        sample = measure(phase)
+        phase.finish()
+        context.progress.note(
+            f"{kind} sample {index + 1}/{repeat}: {sample.gb_per_s:.3f} GB/s "
+            f"({sample.nbytes:,} B in {sample.seconds:.2f} s, "
+            f"stop: {sample.stop_reason})"
+        )
+        samples.append(sample)
+
     ordered = sorted(samples, key=lambda s: s.gb_per_s)
     median = ordered[(len(ordered) - 1) // 2]
     rates = [s.gb_per_s for s in samples]
     return Measurement(
-        name=name,
+        name=f"machine.{kind}",
         system="machine",
-        workload=workload,
+        workload=kind,
         records=0,
         bytes=median.nbytes,
         seconds=median.seconds,
@@ -422,27 +441,6 @@ def run(args: argparse.Namespace, context: RunContext) -> RunResult:
         base.rmdir()
 
 
-def _repeat(
-    context: RunContext,
-    label: str,
-    total: int,
-    repeat: int,
-    measure: Callable[[Phase], Sample],
-) -> list[Sample]:
-    samples = []
-    for index in range(repeat):
-        phase = context.progress.phase(f"{label} {index + 1}/{repeat}", total, unit="B")
-        sample = measure(phase)
-        phase.finish()
-        context.progress.note(
-            f"{label} sample {index + 1}/{repeat}: {sample.gb_per_s:.3f} GB/s "
-            f"({sample.nbytes:,} B in {sample.seconds:.2f} s, "
-            f"stop: {sample.stop_reason})"
-        )
-        samples.append(sample)
-    return samples
-
-
 def _run_in(
     base: Path, kinds: list[str], args: argparse.Namespace, context: RunContext
 ) -> RunResult:
@@ -451,40 +449,30 @@ def _run_in(
     common = {"seconds_bound": args.seconds, "repeat": args.repeat}
 
     if "tcp" in kinds:
-        samples = _repeat(
-            context,
-            "tcp_loopback",
-            args.bytes,
-            args.repeat,
-            lambda phase: measure_tcp_loopback(
-                args.bytes, args.chunk, args.seconds, clock, phase
-            ),
-        )
         result.measurements.append(
-            _median_measurement(
-                "machine.tcp_loopback",
+            measure_limit(
+                context,
                 "tcp_loopback",
-                samples,
+                args.bytes,
+                args.repeat,
+                lambda phase: measure_tcp_loopback(
+                    args.bytes, args.chunk, args.seconds, clock, phase
+                ),
                 {**common, "bytes_bound": args.bytes, "chunk_bytes": args.chunk},
                 "sendall over 127.0.0.1 to a second process",
             )
         )
 
     if "sendfile" in kinds:
-        samples = _repeat(
-            context,
-            "sendfile",
-            args.bytes,
-            args.repeat,
-            lambda phase: measure_sendfile(
-                args.bytes, args.file_bytes, base, args.seconds, clock, phase
-            ),
-        )
         result.measurements.append(
-            _median_measurement(
-                "machine.sendfile",
+            measure_limit(
+                context,
                 "sendfile",
-                samples,
+                args.bytes,
+                args.repeat,
+                lambda phase: measure_sendfile(
+                    args.bytes, args.file_bytes, base, args.seconds, clock, phase
+                ),
                 {**common, "bytes_bound": args.bytes, "file_bytes": args.file_bytes},
                 "os.sendfile from a page-cached file to a 127.0.0.1 socket",
             )
@@ -494,51 +482,42 @@ def _run_in(
         # Every fresh-write file stays until all repeats are done, so no
         # sample writes into pages a previous sample freed.
         counter = iter(range(args.repeat))
-        samples = _repeat(
-            context,
-            "pagecache_write",
-            args.write_bytes,
-            args.repeat,
-            lambda phase: measure_pagecache_write(
-                base / f"fresh-{next(counter)}.bin",
-                args.write_bytes,
-                args.chunk,
-                args.seconds,
-                clock,
-                phase,
-            ),
-        )
-        for path in base.glob("fresh-*.bin"):
-            path.unlink()
         result.measurements.append(
-            _median_measurement(
-                "machine.pagecache_write",
+            measure_limit(
+                context,
                 "pagecache_write",
-                samples,
+                args.write_bytes,
+                args.repeat,
+                lambda phase: measure_pagecache_write(
+                    base / f"fresh-{next(counter)}.bin",
+                    args.write_bytes,
+                    args.chunk,
+                    args.seconds,
+                    clock,
+                    phase,
+                ),
                 {**common, "bytes_bound": args.write_bytes, "chunk_bytes": args.chunk},
                 "sequential write of new data into new files, no fsync",
             )
         )
-        samples = _repeat(
-            context,
-            "pagecache_rewrite",
-            args.write_bytes,
-            args.repeat,
-            lambda phase: measure_pagecache_rewrite(
-                base / "rewrite.bin",
-                args.write_bytes,
-                args.file_bytes,
-                args.chunk,
-                args.seconds,
-                clock,
-                phase,
-            ),
-        )
+        for path in base.glob("fresh-*.bin"):
+            path.unlink()
+
         result.measurements.append(
-            _median_measurement(
-                "machine.pagecache_rewrite",
+            measure_limit(
+                context,
                 "pagecache_rewrite",
-                samples,
+                args.write_bytes,
+                args.repeat,
+                lambda phase: measure_pagecache_rewrite(
+                    base / "rewrite.bin",
+                    args.write_bytes,
+                    args.file_bytes,
+                    args.chunk,
+                    args.seconds,
+                    clock,
+                    phase,
+                ),
                 {
                     **common,
                     "bytes_bound": args.write_bytes,
@@ -549,20 +528,15 @@ def _run_in(
         )
 
     if "memcpy" in kinds:
-        samples = _repeat(
-            context,
-            "memcpy",
-            args.bytes,
-            args.repeat,
-            lambda phase: measure_memcpy(
-                args.bytes, args.memcpy_buffer, args.seconds, clock, phase
-            ),
-        )
         result.measurements.append(
-            _median_measurement(
-                "machine.memcpy",
+            measure_limit(
+                context,
                 "memcpy",
-                samples,
+                args.bytes,
+                args.repeat,
+                lambda phase: measure_memcpy(
+                    args.bytes, args.memcpy_buffer, args.seconds, clock, phase
+                ),
                 {
                     **common,
                     "bytes_bound": args.bytes,

@@ -57,7 +57,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from perf.harness import LatencySummary, TimelinePoint
+from perf.harness import FixedRateReport, LatencySummary, TimelinePoint
 
 RESULT_SCHEMA = "ringbus.perf.result/1"
 
@@ -130,6 +130,40 @@ class Measurement:
             "params": self.params,
             "note": self.note,
         }
+
+
+def latency_measurements(
+    system: str,
+    record_bytes: int,
+    report: FixedRateReport,
+    end_to_end: LatencySummary,
+    ack: LatencySummary,
+    timeline: list[TimelinePoint],
+    params: dict[str, Any],
+    notes: tuple[str, str],
+) -> list[Measurement]:
+    """The two figures of one fixed-rate run: ``<system>.latency-e2e`` (send
+    to receipt by the consumer) and ``<system>.latency-ack`` (send to the
+    producer's acknowledgement); ``notes`` describe each, in that order."""
+    common: dict[str, Any] = {
+        "system": system,
+        "workload": "latency",
+        "record_bytes": record_bytes,
+        "records": report.records,
+        "bytes": report.records * record_bytes,
+        "seconds": report.seconds,
+        "params": params,
+    }
+    return [
+        Measurement(
+            name=f"{system}.latency-e2e",
+            latency=end_to_end,
+            timeline=timeline,
+            note=notes[0],
+            **common,
+        ),
+        Measurement(name=f"{system}.latency-ack", latency=ack, note=notes[1], **common),
+    ]
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from perf.harness import (
     run_fixed_rate,
     stamp_value,
 )
-from perf.report import Measurement, Phase
+from perf.report import Measurement, Phase, latency_measurements
 from perf.servers import ManagedServer
 
 SYSTEM = "redis-streams"
@@ -405,34 +405,20 @@ def latency(
         "client": client_name(),
     }
     end_to_end = LatencyHistogram.decode(result.histogram)
-    return [
-        Measurement(
-            name=f"{SYSTEM}.latency-e2e",
-            system=SYSTEM,
-            workload="latency",
-            record_bytes=record_bytes,
-            records=report.records,
-            bytes=report.records * record_bytes,
-            seconds=report.seconds,
-            latency=end_to_end.summary(),
-            timeline=[TimelinePoint(t, r, b) for t, r, b in result.timeline],
-            params=params,
-            note="XADD at a fixed rate -> XREAD BLOCK in another process; "
+    return latency_measurements(
+        SYSTEM,
+        record_bytes,
+        report,
+        end_to_end.summary(),
+        ack_histogram.summary(),
+        [TimelinePoint(t, r, b) for t, r, b in result.timeline],
+        params,
+        (
+            "XADD at a fixed rate -> XREAD BLOCK in another process; "
             "from intended send time",
+            "XADD reply at a fixed rate; from intended send time",
         ),
-        Measurement(
-            name=f"{SYSTEM}.latency-ack",
-            system=SYSTEM,
-            workload="latency",
-            record_bytes=record_bytes,
-            records=report.records,
-            bytes=report.records * record_bytes,
-            seconds=report.seconds,
-            latency=ack_histogram.summary(),
-            params=params,
-            note="XADD reply at a fixed rate; from intended send time",
-        ),
-    ]
+    )
 
 
 def aof_rewrites(port: int) -> int:
