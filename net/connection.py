@@ -21,6 +21,9 @@ slots at the head of the queue move to the send queue. The send queue holds
 byte chunks and ``FileRange`` chunks; bytes go out with ``sendmsg``
 (several chunks in one call), file ranges with ``os.sendfile`` straight from
 the segment file, and on EAGAIN the connection waits for ``add_writer``.
+Sending is deferred to the end of the current loop turn (``call_soon``), so
+the responses completed in one turn (a drain of the completion ring answers
+many pipelined produce requests) leave in one ``sendmsg``, not one each.
 
 A protocol violation closes this connection only, with a WARNING that names
 the peer and the reason. Not thread-safe: one event loop thread.
@@ -118,6 +121,7 @@ class Connection:
         self.closed = False
         self.reading = False
         self.writing = False
+        self.send_scheduled = False
         self.stalled = False
         # Frames found but not yet handled, while stalled.
         self.pending_frames: deque[memoryview] = deque()
@@ -250,8 +254,8 @@ class Connection:
                     chunk.length if type(chunk) is FileRange else len(chunk)
                 )
             moved = True
-        if moved and not self.writing:
-            self._send()
+        if moved:
+            self._schedule_send()
 
     def send_now(self, chunks: list[Chunk]) -> None:
         """Respond at once (the request's slot would be at the head anyway)."""
@@ -261,12 +265,26 @@ class Connection:
                 self.queued_bytes += (
                     chunk.length if type(chunk) is FileRange else len(chunk)
                 )
-            if not self.writing:
-                self._send()
+            self._schedule_send()
         else:
             self.complete(self.reserve_slot(), chunks)
 
-    def _send(self) -> None:
+    def _schedule_send(self) -> None:
+        # While writing waits for add_writer, that callback sends; otherwise
+        # one send at the end of this turn carries every response queued in it.
+        if not self.writing and not self.send_scheduled:
+            self.send_scheduled = True
+            self.loop.call_soon(self._scheduled_send)
+
+    def _scheduled_send(self) -> None:
+        self.send_scheduled = False
+        if not self.closed and not self.writing:
+            self._send()
+
+    def _send(self, closing: bool = False) -> None:
+        """Send what the socket takes now; wait for ``add_writer`` for the
+        rest. ``closing``: a last attempt before the socket closes, which
+        neither waits nor closes again on failure."""
         queue = self.send_queue
         try:
             while queue:
@@ -302,12 +320,15 @@ class Connection:
                         queue[0] = memoryview(first)[sent:]  # type: ignore[arg-type]
                         sent = 0
         except (BlockingIOError, InterruptedError):
-            if not self.writing:
+            if not self.writing and not closing:
                 self.loop.add_writer(self.fd, self._on_writable)
                 self.writing = True
             return
         except OSError as exc:
-            self.close("send failed", level=logging.DEBUG, error=exc.strerror)
+            if not closing:
+                self.close("send failed", level=logging.DEBUG, error=exc.strerror)
+            return
+        if closing:
             return
 
         if self.writing:
@@ -329,6 +350,10 @@ class Connection:
         """Close this connection only; log why (peers' mistakes name the peer)."""
         if self.closed:
             return
+        if self.send_scheduled and not self.writing:
+            # Responses to the requests before the reason were due this
+            # turn: give them one try, as an immediate send would have.
+            self._send(closing=True)
         self.closed = True
         self.stop_reading()
         if self.writing:

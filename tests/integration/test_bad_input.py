@@ -295,6 +295,28 @@ def test_garbage_closes_only_its_connection(
         assert_broker_serves(broker, bystander)
 
 
+def test_responses_before_a_bad_frame_are_sent_before_the_close(
+    broker: BrokerProcess,
+) -> None:
+    """Responses leave at the end of the loop turn; a bad request in the
+    same read must not drop the answers to the good requests before it.
+    (A bad size prefix is different: the scan that finds it refuses the
+    whole read, see ``net.kafka.framing.scan_frames``.)"""
+    good = [
+        codec.encode_request(
+            ApiKey.METADATA, 8, correlation_id, "wire", {"topics": None}
+        )
+        for correlation_id in (11, 12, 13)
+    ]
+    with Wire(broker.kafka_port) as wire:
+        wire.send(b"".join(good) + frame(b"\x00\x03\x00"))
+        correlation_ids = [
+            struct.unpack(">i", wire.read_frame()[:4])[0] for _ in range(len(good))
+        ]
+        assert correlation_ids == [11, 12, 13]
+        closed_with_warning(broker, wire, "bad request header", "truncated")
+
+
 def test_api_versions_above_max_gets_the_v0_fallback(broker: BrokerProcess) -> None:
     request = bytearray(
         codec.encode_request(
