@@ -47,12 +47,12 @@ ACTED_ON_CONFIGS = {
     "segment.bytes": lambda v: 1024 <= int(v) < 2**31,
     "segment.ms": lambda v: int(v) >= 1,
     "cleanup.policy": lambda v: v == "delete",
+    "message.timestamp.type": lambda v: v in ("CreateTime", "LogAppendTime"),
 }
 STORED_CONFIGS = frozenset(
     {
         "compression.type",
         "max.message.bytes",
-        "message.timestamp.type",
         "min.insync.replicas",
         "unclean.leader.election.enable",
         "flush.messages",

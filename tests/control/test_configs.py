@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from broker.control import configs
-from broker.control.metadata import ACTED_ON_CONFIGS, STORED_CONFIGS, check_configs
+from broker.control.metadata import (
+    ACTED_ON_CONFIGS,
+    STORED_CONFIGS,
+    MetadataError,
+    check_configs,
+)
 from broker.settings import Settings
 
 
@@ -39,3 +46,11 @@ def test_broker_configs_are_read_only_and_follow_settings(settings: Settings) ->
     assert values["advertised.listeners"] == "PLAINTEXT://ringbus.test:19092"
     assert values["num.partitions"] == "3"
     assert all(entry.read_only for entry in entries)
+
+
+def test_message_timestamp_type_takes_only_kafka_values() -> None:
+    check_configs({"message.timestamp.type": "CreateTime"})
+    check_configs({"message.timestamp.type": "LogAppendTime"})
+    with pytest.raises(MetadataError, match=r"message\.timestamp\.type") as refused:
+        check_configs({"message.timestamp.type": "logappendtime"})
+    assert refused.value.error_name == "INVALID_CONFIG"
