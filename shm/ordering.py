@@ -13,6 +13,15 @@ so ``check_platform()`` refuses them when a block is created or attached.
    page aligned (mmap). For an aligned native-order int64 element numpy
    stores with one 8-byte move (numpy 2.4's ``LONG_setitem`` ends in a single
    ``movq``, checked under a hardware watchpoint) and loads with one move.
+   The rings' per-batch path uses an int64 memoryview (``cast("q")``)
+   instead, which is cheaper per access: CPython 3.11's ``pack_single``
+   stores a 'q' item with one ``mov %r14,(%r12)`` and ``memory_item`` loads
+   it with one ``mov (%rdi),%rdi`` (both seen under gdb hardware
+   watchpoints on CPython 3.11.7; ``memcpy`` of a constant 8 bytes, which
+   the C source uses, compiles to a single move at -O2 and above). Bytes
+   that only become visible through a later head store (payloads,
+   descriptor rows, written by memcpy or ``struct.pack_into``) need no
+   atomicity.
 
 2. Ordering (TSO, SDM "Memory Ordering in P6 and More Recent Processor
    Families"): loads are not reordered with other loads, stores are not
@@ -21,7 +30,8 @@ so ``check_platform()`` refuses them when a block is created or attached.
    core in that order, and "load head, then read descriptor and payload"
    never reads data older than the head it saw. The compiler cannot move
    these accesses either: each Python-level store is a separate call from
-   the interpreter into numpy.
+   the interpreter into numpy, ``struct`` or the memoryview code, opaque to
+   the C compiler of the other calls.
 
 3. The one reordering x86 does allow: a load may complete before an older
    store to a different address leaves the store buffer. The wake-up

@@ -7,6 +7,13 @@ the data area, fills its descriptor and publishes by storing ``head``; the
 receiver gets every published descriptor as one numpy view, reads or rewrites
 the payloads in place, and releases them by storing ``tail``.
 
+Two ways to send: ``reserve``/``reserve_batch`` hand out the rows and bytes
+to fill with numpy (best for many descriptors at once); ``put`` copies one
+payload and packs one whole descriptor with a single ``struct`` call (best
+for a few descriptors per publish: no numpy views, no field lookups). Either
+way one ``publish`` makes everything reserved so far visible with one
+``head`` store.
+
 Layout of the block body (offsets relative to the body, all multiples of 64):
 
     0    control    int64[24], three cache lines so each side writes its own:
@@ -41,7 +48,14 @@ Publishing and consuming rely on x86-64 ordering (see ``shm.ordering``):
 payload and descriptor stores happen before the ``head`` store, and the
 receiver's descriptor and payload loads happen after its ``head`` load, so a
 published descriptor is always complete. Other architectures are refused
-when the block is created or attached.
+when the block is created or attached. Payload bytes and descriptor rows
+are written with memcpy-like stores (memoryview slices, numpy, ``struct``
+packing); none needs to be atomic, because nothing reads them before the
+``head`` store that follows them. The shared counters and flags (head,
+tail, data_head, data_tail, waiting flags) and the receiver's read of
+``data_end`` go through ``Ring.words``, an int64 memoryview of the control
+slots and descriptors, whose element loads and stores are single aligned
+8-byte moves (``shm.ordering`` point 1).
 
 Wake-ups: a side about to sleep stores its waiting flag (a wait number,
 unique over the ring's life), executes a full fence, then re-checks (head for
@@ -85,6 +99,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -137,6 +152,9 @@ RING_FIELDS = (
 )
 RING_FIELD_NAMES = frozenset(name for name, _ in RING_FIELDS)
 
+# What ``RingSender.put`` copies from (any C-contiguous buffer works).
+Payload = bytes | bytearray | memoryview
+
 # A waiter re-checks at least this often even without a wake-up: the bound on
 # the cost of a lost wake-up. 50 ms is a guess that keeps an idle process at
 # 20 cheap checks a second; no lost wake-up has been observed with the fences.
@@ -174,6 +192,56 @@ def descriptor_dtype(fields: npt.DTypeLike) -> np.dtype[np.void]:
         for name in caller.names
     ]
     return np.dtype({"names": names, "formats": formats}, align=True)
+
+
+# The ring's own fields as bytes: they open every descriptor (C alignment puts
+# the three int64 at offsets 0, 8 and 16).
+RING_FIELDS_STRUCT = struct.Struct("<qqq")
+
+# struct codes for the scalar kinds ``RingSender.put`` can write, by numpy
+# kind and size; '<' struct formats use these standard sizes.
+_STRUCT_CODES = {
+    ("i", 1): "b",
+    ("i", 2): "h",
+    ("i", 4): "i",
+    ("i", 8): "q",
+    ("u", 1): "B",
+    ("u", 2): "H",
+    ("u", 4): "I",
+    ("u", 8): "Q",
+    ("f", 2): "e",
+    ("f", 4): "f",
+    ("f", 8): "d",
+    ("b", 1): "?",
+}
+
+
+def descriptor_struct(dtype: np.dtype[np.void]) -> struct.Struct | str:
+    """A ``struct.Struct`` that packs one whole descriptor of ``dtype`` (the
+    ring's fields, then the caller's, padding included), or the reason
+    there is none (a field that is not a little-endian scalar or bytes)."""
+    fields = sorted(
+        (offset, name, kind)
+        for name, (kind, offset, *_) in dtype.fields.items()  # type: ignore[union-attr]
+    )
+    codes = ["<"]
+    cursor = 0
+    for offset, name, kind in fields:
+        if kind.byteorder == ">" or kind.shape or kind.names is not None:
+            return f"field {name!r} has type {kind}, which put() cannot write"
+        if kind.kind == "S":
+            code = f"{kind.itemsize}s"
+        else:
+            found = _STRUCT_CODES.get((kind.kind, kind.itemsize))
+            if found is None:
+                return f"field {name!r} has type {kind}, which put() cannot write"
+            code = found
+        codes.append("x" * (offset - cursor) + code)
+        cursor = offset + kind.itemsize
+    codes.append("x" * (dtype.itemsize - cursor))
+    packer = struct.Struct("".join(codes))
+    assert packer.size == dtype.itemsize
+    return packer
 
 
 def _schema(dtype: np.dtype[np.void], capacity: int, data_bytes: int) -> dict[str, Any]:
@@ -250,9 +318,18 @@ class Ring:
             (self.capacity,), dtype=dtype, buffer=body, offset=descriptors_offset
         )
         self.data: memoryview = body[data_offset : data_offset + self.data_bytes]
+        # The descriptor array as bytes, for struct writes of whole rows.
+        self.descriptor_bytes: memoryview = body[descriptors_offset:data_offset]
+        # Control slots and descriptors as int64 words: the per-batch path
+        # loads and stores through this view (cheaper than numpy scalars;
+        # see ``shm.ordering`` for why each access is one 8-byte move).
+        self.words: memoryview = body[:data_offset].cast("q")
+        self.descriptors_word = descriptors_offset // 8
+        self.descriptor_words = dtype.itemsize // 8
         self._sides: list[_Side] = []
 
         assert self.control.ctypes.data % CACHE_LINE == 0
+        assert dtype.itemsize % 8 == 0
         assert self.descriptors.ctypes.data % CACHE_LINE == 0
 
     @classmethod
@@ -379,6 +456,8 @@ class Ring:
         self.__dict__.pop("control", None)
         self.__dict__.pop("descriptors", None)
         try:
+            self.words.release()
+            self.descriptor_bytes.release()
             self.data.release()
         except BufferError:
             raise RegionError(
@@ -416,8 +495,8 @@ class _Side:
             raise ValueError(f"recheck_interval {recheck_interval} must be > 0")
         if any(type(side) is type(self) for side in ring._sides):
             raise RingError(f"ring {ring.name!r} already has a {self._role} here")
-        control = ring.control
-        holder = control.item(self._pid_slot)
+        control = ring.words
+        holder = control[self._pid_slot]
         if holder != os.getpid() and process_alive(holder):
             raise RingError(
                 f"ring {ring.name!r} already has a {self._role} in live process"
@@ -440,7 +519,7 @@ class _Side:
 
     def _detach(self) -> None:
         control = self._control
-        if control.item(self._pid_slot) == os.getpid():
+        if control[self._pid_slot] == os.getpid():
             control[self._pid_slot] = 0
         for attribute in ("_control", "_descriptors", "_data"):
             delattr(self, attribute)
@@ -457,7 +536,7 @@ class _Side:
         other side can tell a new wait from one it has already notified.
         """
         control = self._control
-        wait_number = control.item(self._waits_slot) + 1
+        wait_number = control[self._waits_slot] + 1
         control[self._waits_slot] = wait_number
         control[self._waiting_slot] = wait_number
         full_fence()
@@ -504,7 +583,7 @@ class _Side:
         """
         control = self._control
         full_fence()
-        wait_number = control.item(self._peer_waiting_slot)
+        wait_number = control[self._peer_waiting_slot]
         if wait_number and wait_number != self._notified_wait:
             self._notified_wait = wait_number
             self._peer_notifier.notify()
@@ -581,19 +660,20 @@ class RingSender(_Side):
         self._peer_notifier = data_ready
 
         # Local cursors run ahead of the published ones until publish().
-        self._published = self._head = control.item(HEAD)
-        self._published_data_head = self._data_head = control.item(DATA_HEAD)
-        self._tail = control.item(TAIL)
-        self._data_tail = control.item(DATA_TAIL)
-        self._positions = self._descriptors["data_position"]
-        self._lengths = self._descriptors["data_length"]
-        self._ends = self._descriptors["data_end"]
+        self._published = self._head = control[HEAD]
+        self._published_data_head = self._data_head = control[DATA_HEAD]
+        self._tail = control[TAIL]
+        self._data_tail = control[DATA_TAIL]
+        self._rows = ring.descriptor_bytes
+        self._row_bytes = ring.dtype.itemsize
+        self._row_struct = descriptor_struct(ring.dtype)
+        self._field_names = ring.dtype.names[len(RING_FIELDS) :]  # type: ignore[index]
         # Reservations whose rows wrap past the end of the descriptor array
         # are filled in a staging array and copied in at publish.
         self._staged: list[tuple[int, npt.NDArray[np.void]]] = []
 
     def _detach_views(self) -> None:
-        del self._positions, self._lengths, self._ends
+        del self._rows
         self._staged.clear()
 
     @property
@@ -606,7 +686,7 @@ class RingSender(_Side):
     def _slots_free(self, count: int) -> bool:
         if self._head + count - self._tail <= self._capacity:
             return True
-        self._tail = self._control.item(TAIL)
+        self._tail = self._control[TAIL]
         return self._head + count - self._tail <= self._capacity
 
     def _check_size(self, nbytes: int) -> None:
@@ -641,7 +721,7 @@ class RingSender(_Side):
         # Live bytes are [data_tail, data_head); none live means any payload
         # that fits the area fits now, even after a skip.
         if end - self._data_tail > size and self._data_tail < data_head:
-            self._data_tail = self._control.item(DATA_TAIL)
+            self._data_tail = self._control[DATA_TAIL]
             if end - self._data_tail > size and self._data_tail < data_head:
                 return None
         return position, end
@@ -675,9 +755,9 @@ class RingSender(_Side):
         position, end = placed
 
         slot = head % self._capacity
-        self._positions[slot] = position
-        self._lengths[slot] = nbytes
-        self._ends[slot] = end
+        RING_FIELDS_STRUCT.pack_into(
+            self._rows, slot * self._row_bytes, position, nbytes, end
+        )
         self._head = head + 1
         self._data_head = end
         return Reservation(
@@ -744,6 +824,62 @@ class RingSender(_Side):
         self._head = head + count
         self._data_head = end
         return Reservation(self._data[position : position + total], rows, position)
+
+    def put(self, payload: Payload, *fields: Any) -> bool:
+        """Reserve one descriptor, copy ``payload`` into the data area and
+        write the caller's ``fields`` (every one, in the order of the
+        descriptor dtype given to create/attach), all in one call.
+
+        Returns False when the descriptor or the bytes do not fit yet
+        (backpressure, as ``reserve`` returning None): nothing is reserved.
+        Like a reservation, the descriptor is visible only after
+        ``publish``; one publish after many puts makes them visible with
+        one ``head`` store. Cheaper than ``reserve`` plus numpy field
+        assignments for a few descriptors per publish; for hundreds, one
+        ``reserve_batch`` with column assignments costs less per row.
+        Raises ``RingError`` (nothing reserved) for a payload that can
+        never fit, a wrong number of fields or a value out of range.
+        """
+        view = payload if type(payload) is memoryview else memoryview(payload)
+        if view.ndim != 1 or view.format != "B":
+            view = view.cast("B")
+        nbytes = view.nbytes
+        if not 0 <= nbytes <= self._data_bytes:
+            self._check_size(nbytes)
+        packer = self._row_struct
+        if isinstance(packer, str):
+            raise RingError(f"ring {self._ring.name!r}: {packer}")
+
+        head = self._head
+        if head - self._tail >= self._capacity and not self._slots_free(1):
+            self._refuse()
+            return False
+        placed = self._place(nbytes)
+        if placed is None:
+            self._refuse()
+            return False
+        position, end = placed
+
+        # The slot and bytes are free (not yet ours): a packing error leaves
+        # nothing reserved.
+        try:
+            packer.pack_into(
+                self._rows,
+                (head % self._capacity) * self._row_bytes,
+                position,
+                nbytes,
+                end,
+                *fields,
+            )
+        except struct.error as error:
+            raise RingError(
+                f"ring {self._ring.name!r}: cannot write descriptor fields"
+                f" {self._field_names} from {fields!r}: {error}"
+            ) from None
+        self._data[position : position + nbytes] = view
+        self._head = head + 1
+        self._data_head = end
+        return True
 
     # -- publish --------------------------------------------------------------
 
@@ -824,12 +960,14 @@ class RingReceiver(_Side):
         self._peer_notifier = space_ready
 
         # Resume at the stored tail: unreleased descriptors come again.
-        self._tail = self._read = self._control.item(TAIL)
-        self._ends = self._descriptors["data_end"]
+        self._tail = self._read = self._control[TAIL]
+        # Word index of descriptor 0's data_end, and words per descriptor.
+        self._end_word = ring.descriptors_word + 2
+        self._row_words = ring.descriptor_words
         self._empty = self._descriptors[:0]
 
     def _detach_views(self) -> None:
-        del self._ends, self._empty
+        del self._empty
 
     @property
     def data(self) -> memoryview:
@@ -843,14 +981,14 @@ class RingReceiver(_Side):
 
     def available(self) -> int:
         """Descriptors published and not yet received."""
-        return self._control.item(HEAD) - self._read
+        return self._control[HEAD] - self._read
 
     def receive(self, max_count: int | None = None) -> npt.NDArray[np.void]:
         """Every published descriptor not yet received, as one view into the
         ring (empty if none). The view stops at the end of the descriptor
         array; the next call returns the descriptors after the wrap."""
         start = self._read
-        available = self._control.item(HEAD) - start
+        available = self._control[HEAD] - start
         if available <= 0:
             return self._empty
         # LIMITATION: a view cannot wrap, so descriptors past the end of the
@@ -888,7 +1026,9 @@ class RingReceiver(_Side):
 
         # Read the last descriptor before tail frees its slot for reuse.
         control = self._control
-        data_tail = self._ends.item((tail - 1) % self._capacity)
+        data_tail = control[
+            self._end_word + (tail - 1) % self._capacity * self._row_words
+        ]
         control[TAIL] = tail
         if self._data_bytes:
             control[DATA_TAIL] = data_tail
@@ -907,4 +1047,4 @@ class RingReceiver(_Side):
         return self._arm(self._has_available)
 
     def _has_available(self) -> bool:
-        return self._control.item(HEAD) > self._read
+        return self._control[HEAD] > self._read

@@ -67,8 +67,9 @@ def send_sequence(
     max_batch: int,
     deadline: float,
 ) -> None:
-    """Send descriptors 0..total-1, mixing single and batch reservations
-    and publishing every second reservation."""
+    """Send descriptors 0..total-1, mixing single reservations, ``put``
+    (every other single descriptor) and batch reservations, and publishing
+    every second reservation."""
     seq = 0
     reservations = 0
     while seq < total:
@@ -76,14 +77,20 @@ def send_sequence(
         seqs = np.arange(seq, seq + count, dtype=np.int64)
         lengths = payload_lengths(seqs, max_length)
         nbytes = int(lengths.sum())
+        use_put = count == 1 and seq % 2 == 0
+        payload = payload_bytes(seqs, lengths).tobytes() if use_put else b""
 
         while True:
-            if count == 1:
-                reservation = sender.reserve(nbytes)
+            if use_put:
+                if sender.put(payload, seq, 7):
+                    break
             else:
-                reservation = sender.reserve_batch(count, lengths)
-            if reservation is not None:
-                break
+                if count == 1:
+                    reservation = sender.reserve(nbytes)
+                else:
+                    reservation = sender.reserve_batch(count, lengths)
+                if reservation is not None:
+                    break
             # Full: publish what is pending (else the receiver cannot free
             # anything), then sleep until space.
             sender.publish()
@@ -91,13 +98,14 @@ def send_sequence(
                 raise SystemExit(f"sender: deadline passed at seq {seq}")
             sender.wait_for_space(nbytes, count, timeout=1.0)
 
-        reservation.descriptors["seq"] = seqs
-        reservation.descriptors["tag"] = 7
-        if nbytes:
-            np.frombuffer(reservation.data, dtype=np.uint8)[:] = payload_bytes(
-                seqs, lengths
-            )
-        del reservation
+        if not use_put:
+            reservation.descriptors["seq"] = seqs
+            reservation.descriptors["tag"] = 7
+            if nbytes:
+                np.frombuffer(reservation.data, dtype=np.uint8)[:] = payload_bytes(
+                    seqs, lengths
+                )
+            del reservation
         reservations += 1
         if reservations % 2 == 0:
             sender.publish()

@@ -156,6 +156,30 @@ class RingMachine(RuleBasedStateMachine):
             return
         self._fill(reservation, sizes)
 
+    @rule(size=st.integers(0, 120))
+    def put_one(self, size: int) -> None:
+        if self.data_bytes == 0:
+            size = 0
+        seq = self.next_seq
+        payload = _payload(seq, size)
+        if size > self.data_bytes:
+            with pytest.raises(RingError, match=r"never fit"):
+                self.sides.sender.put(payload, seq, 5)
+            return
+        head_before = self.sides.sender._head
+        if not self.sides.sender.put(payload, seq, 5):
+            assert self.sides.sender._head == head_before
+            self._refusal(1, size)
+            return
+        self.next_seq += 1
+        slot = head_before % self.capacity
+        row = self.sides.ring.descriptors[slot]
+        assert (int(row["seq"]), int(row["tag"])) == (seq, 5)
+        assert int(row["data_length"]) == size
+        position = int(row["data_position"])
+        assert bytes(self.data[position : position + size]) == payload
+        self.unpublished.append((seq, payload, position))
+
     @rule()
     def publish(self) -> None:
         assert self.sides.sender.publish() == len(self.unpublished)
@@ -339,6 +363,104 @@ def test_ring_batch_rows_arrive_in_order_when_they_wrap(endpoints) -> None:
         bytes(range(30, 60)),
         bytes(range(60, 100)),
     ]
+
+
+def test_ring_put_fills_descriptor_and_payload_when_published(endpoints) -> None:
+    sides = endpoints(capacity=4, data_bytes=100)
+
+    assert sides.sender.put(b"abc", 10, 1)
+    assert sides.sender.put(bytearray(b"defgh"), 11, 2)
+    assert sides.sender.put(memoryview(np.arange(2, dtype=np.int32)), 12, 3)
+    assert len(sides.receiver.receive()) == 0
+    assert sides.sender.publish() == 3
+
+    rows = sides.receiver.receive()
+    assert rows["seq"].tolist() == [10, 11, 12]
+    assert rows["tag"].tolist() == [1, 2, 3]
+    assert rows["data_length"].tolist() == [3, 5, 8]
+    assert rows["data_end"].tolist() == [3, 8, 16]
+    assert [bytes(p) for p in sides.receiver.payloads(rows)] == [
+        b"abc",
+        b"defgh",
+        np.arange(2, dtype=np.int32).tobytes(),
+    ]
+    del rows
+    sides.receiver.release(3)
+    assert sides.ring.statistics().data_tail == 16
+
+
+def test_ring_put_refused_when_full_until_released(endpoints) -> None:
+    sides = endpoints(capacity=2, data_bytes=100)
+    assert sides.sender.put(b"x" * 70, 1, 0)
+    assert not sides.sender.put(b"y" * 40, 2, 0)
+    assert sides.sender.put(b"z" * 30, 3, 0)
+    assert not sides.sender.put(b"", 4, 0)
+    assert sides.sender.unpublished == 2
+    assert sides.ring.statistics().sender_refusals == 2
+    sides.sender.publish()
+
+    rows = sides.receiver.receive()
+    assert rows["seq"].tolist() == [1, 3]
+    del rows
+    sides.receiver.release(1)
+
+    assert sides.sender.put(b"y" * 40, 2, 0)
+    sides.sender.publish()
+    rows = sides.receiver.receive()
+    assert rows["seq"].tolist() == [2]
+    assert bytes(sides.receiver.payload(rows[0])) == b"y" * 40
+
+
+def test_ring_put_rejects_bad_fields_and_reserves_nothing(endpoints) -> None:
+    sides = endpoints(capacity=4, data_bytes=64)
+    with pytest.raises(RingError, match=r"\('seq', 'tag'\)"):
+        sides.sender.put(b"abc", 1)
+    with pytest.raises(RingError, match="cannot write descriptor fields"):
+        sides.sender.put(b"abc", 1, 2**40)
+    with pytest.raises(RingError, match="65 bytes can never fit"):
+        sides.sender.put(b"x" * 65, 1, 2)
+    assert sides.sender.unpublished == 0
+    assert sides.sender.publish() == 0
+
+    # The failed calls left the slot and bytes free.
+    assert sides.sender.put(b"ok", 7, 8)
+    sides.sender.publish()
+    rows = sides.receiver.receive()
+    assert (rows["seq"].tolist(), rows["data_position"].tolist()) == ([7], [0])
+
+
+def test_ring_put_descriptor_only_and_after_wrapped_batch(endpoints) -> None:
+    sides = endpoints(capacity=4, data_bytes=0, fields=COMPLETION_FIELDS)
+    assert sides.sender.put(b"", 9, 3, 1234, 6)
+    assert sides.sender.put(b"", 10, 3, 1235, 0)
+    sides.sender.publish()
+    rows = sides.receiver.receive()
+    names = ["request_slot", "partition", "base_offset", "error_code"]
+    assert rows[names].tolist() == [(9, 3, 1234, 6), (10, 3, 1235, 0)]
+    del rows
+    sides.receiver.release(2)
+    with pytest.raises(RingError, match="descriptor-only"):
+        sides.sender.put(b"x", 1, 1, 1, 1)
+
+    # A batch whose rows wrap (slots 2, 3, 0) is staged; a put after it
+    # lands in slot 1 and all arrive in order.
+    reservation = sides.sender.reserve_batch(3)
+    assert reservation is not None and len(sides.sender._staged) == 1
+    reservation.descriptors["request_slot"] = [1, 2, 3]
+    del reservation
+    assert sides.sender.put(b"", 4, 0, 0, 0)
+    assert sides.sender.publish() == 4
+    seqs = sides.receiver.receive()["request_slot"].tolist()
+    seqs += sides.receiver.receive()["request_slot"].tolist()
+    assert seqs == [1, 2, 3, 4]
+
+
+def test_ring_put_refuses_field_types_it_cannot_write(endpoints) -> None:
+    fields = np.dtype([("seq", np.int64), ("pair", np.int32, (2,))])
+    sides = endpoints(capacity=4, data_bytes=64, fields=fields)
+    with pytest.raises(RingError, match="'pair' has type"):
+        sides.sender.put(b"a", 1, (2, 3))
+    assert sides.sender.reserve(1) is not None
 
 
 def test_ring_discard_drops_unpublished_when_called(endpoints) -> None:
