@@ -366,7 +366,8 @@ class Segment:
         """Open (creating when missing) the segment's three files.
 
         ``index_capacity`` 0 maps the indexes at their length (a sealed
-        segment); otherwise they are preallocated for appends. The append
+        segment); otherwise they take up to that many entries, their files
+        growing as entries arrive. The append
         state is set by :meth:`restore_sealed` or :meth:`recover` for an
         existing segment; a new, empty one is ready as is.
         """
@@ -617,7 +618,13 @@ class Segment:
         return calls
 
     def flush(self) -> None:
-        """Make every appended byte and index entry durable."""
+        """Make every appended byte and index entry durable; a closed (or
+        deleted) segment has nothing left to flush. Another thread may call
+        it while the owner appends, not while it seals, unseals, truncates
+        or closes the segment (``PartitionLog`` holds its sync lock for
+        those and for every flush)."""
+        if self._fd < 0:
+            return
         os.fdatasync(self._fd)
         self._offset_index.flush()
         self._time_index.flush()

@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from broker.log.index import INT32_MAX, UNUSED_TIMESTAMP, OffsetIndex, TimeIndex
+from broker.log.index import (
+    GROW_FROM_BYTES,
+    INT32_MAX,
+    UNUSED_TIMESTAMP,
+    OffsetIndex,
+    TimeIndex,
+)
 
 
 def _offset_index(
@@ -81,9 +87,9 @@ def test_offset_index_trim_keeps_old_mappings_readable(tmp_path: Path) -> None:
 
     writer.trim()
 
-    # The reader's mapping covers 1024 slots of the replaced inode; touching
-    # them would be SIGBUS had the file been shrunk in place.
-    assert reader.capacity == 1024
+    # The reader's mapping covers the first page of slots of the replaced
+    # inode; touching them would be SIGBUS had the file been shrunk in place.
+    assert reader.capacity == GROW_FROM_BYTES // 8
     assert reader.lookup(10**6) == (5, 300)
     assert path.stat().st_size == 2 * 8
     assert OffsetIndex(path, writable=False).entries().tolist() == [(1, 8), (5, 300)]
