@@ -10,6 +10,9 @@ Loop: a turn while descriptors arrive; when none are waiting, sleep on
 ring's waiting flag) for at most WAIT_S, so the heartbeat, the periodic
 checkpoint (every RINGBUS_FLUSH_MS), retention (every 10 s), metadata
 changes and the reopening of offline partitions run on an idle broker too.
+The periodic checkpoint's fdatasyncs and state files run in a flusher
+thread (``broker.writer_partitions.CheckpointFlusher``); the loop only
+hands it the partitions written since their last checkpoint.
 
 Restart while the supervisor lives (killed, crashed, hung): the rings and
 the commit record survive in shared memory; the new process cuts each log
@@ -17,9 +20,9 @@ back to its commit record and completes or re-applies what the rings still
 hold (see ``broker.commit_record`` and ``broker.writer_core``), so nothing
 acknowledged is lost and nothing is appended twice.
 
-SIGTERM: the turn in progress finishes, then every log is checkpointed
-(fdatasync, clean point), producer state is snapshotted, and the process
-exits 0.
+SIGTERM: the turn in progress finishes, the flusher thread finishes its
+queued checkpoints, then every log is checkpointed (fdatasync, clean
+point), producer state is snapshotted, and the process exits 0.
 """
 
 from __future__ import annotations

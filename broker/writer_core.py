@@ -38,7 +38,10 @@ died may have posted some); net processes ignore a completion whose
 request id they do not hold, so a second one is harmless.
 
 Per-descriptor work in Python is limited to batches of idempotent
-producers (a dict lookup each) and DeleteRecords; everything else is numpy
+producers (a dict lookup each), batches of LogAppendTime topics (stamped
+with the turn's time and a new CRC each, in the ring, by
+``PartitionLog.append_assigned``; the completion carries that time) and
+DeleteRecords; everything else is numpy
 over the whole turn, plus one memoryview per contiguous run of a
 partition's batches in a ring for writev (one per batch only when
 partitions interleave in the ring).
@@ -70,7 +73,12 @@ from broker.layout import (
     KIND_DELETE_RECORDS,
     BrokerMemory,
 )
-from broker.log.batch import HEADER_SIZE, LOG_OVERHEAD, MAGIC_V2
+from broker.log.batch import (
+    HEADER_SIZE,
+    LOG_OVERHEAD,
+    MAGIC_V2,
+    TIMESTAMP_TYPE_BIT,
+)
 from broker.log.partition import (
     LogStorageError,
     OffsetOutOfRangeError,
@@ -112,14 +120,15 @@ _HEADER_VIEW = np.dtype(
         "names": [
             "batch_length",
             "magic",
+            "attributes",
             "last_offset_delta",
             "max_timestamp",
             "producer_id",
             "producer_epoch",
             "base_sequence",
         ],
-        "formats": [">i4", "i1", ">i4", ">i8", ">i8", ">i2", ">i4"],
-        "offsets": [0, 8, 15, 27, 35, 43, 45],
+        "formats": [">i4", "i1", ">i2", ">i4", ">i8", ">i8", ">i2", ">i4"],
+        "offsets": [0, 8, 13, 15, 27, 35, 43, 45],
         "itemsize": HEADER_SIZE - _HEADER_FROM,
     }
 )
@@ -178,6 +187,9 @@ class _Turn:
     already: npt.NDArray[np.bool_]
     base: npt.NDArray[np.int64]
     error: npt.NDArray[np.int16]
+    # The log append time answered per descriptor: -1 unless the batch was
+    # stamped (LogAppendTime topics).
+    append_time: npt.NDArray[np.int64]
     now_ms: int
     touched: list[Partition] = field(default_factory=list)
     producer_turns: list[tuple[Partition, ProducerTurn]] = field(default_factory=list)
@@ -368,7 +380,9 @@ class WriterCore:
     # -- background -----------------------------------------------------------
 
     def background(self, now: float | None = None) -> None:
-        """Metadata changes, periodic checkpoint, retention, reopening."""
+        """Metadata changes, periodic checkpoint (handed to the flusher
+        thread; the checkpoints it finished are counted here), retention,
+        reopening."""
         if now is None:
             now = time.monotonic()
         partitions = self.partitions
@@ -502,9 +516,18 @@ class WriterCore:
             )
         base = np.full(total, -1, dtype=np.int64)
         error = np.zeros(total, dtype=np.int16)
+        append_time = np.full(total, -1, dtype=np.int64)
         if already.any():
             base[already] = column("base_offset")[already]
             error[already] = column("error_code")[already]
+            # A stamped batch still carries its append time in the ring.
+            stamped = (
+                already
+                & is_batch
+                & (error == 0)
+                & (header["attributes"] & TIMESTAMP_TYPE_BIT != 0)
+            )
+            append_time[stamped] = header["max_timestamp"][stamped]
             redelivered = int(already.sum())
             self.redelivered += redelivered
             event(
@@ -532,6 +555,7 @@ class WriterCore:
             already=already,
             base=base,
             error=error,
+            append_time=append_time,
             now_ms=int(time.time() * 1000),
         )
 
@@ -606,6 +630,7 @@ class WriterCore:
         fresh = group[~turn.already[group]]
         turn.error[fresh] = ErrorCode.UNKNOWN_SERVER_ERROR
         turn.base[fresh] = -1
+        turn.append_time[fresh] = -1
         turn.flush.pop(partition, None)
         turn.producer_turns = [t for t in turn.producer_turns if t[0] is not partition]
         turn.rolled = [t for t in turn.rolled if t is not partition]
@@ -661,6 +686,9 @@ class WriterCore:
             return
 
         turn.base[accepted] = bases
+        if log.config.log_append_time:
+            # append_assigned stamped them with the turn's time.
+            turn.append_time[accepted] = turn.now_ms
         turn.appended = True
         partition.written = True
         if producer_turn is not None:
@@ -834,7 +862,9 @@ class WriterCore:
     def _flush(self, turn: _Turn) -> None:
         """One fdatasync per partition with acks=-1 descriptors; several
         partitions sync in parallel threads (fdatasync releases the GIL and
-        each log is touched by one thread only)."""
+        each log is touched by one pool thread only; a checkpoint job of
+        the same log in the flusher thread is kept apart by the log's sync
+        lock). The answers go out only after these syncs returned."""
         jobs: list[tuple[Partition, PartitionLog, npt.NDArray[np.int64]]] = []
         for partition, groups in turn.flush.items():
             waiting = np.concatenate(groups)
@@ -894,7 +924,7 @@ class WriterCore:
             rows = reservation.descriptors
             rows["request_id"] = turn.request_id[start:end]
             rows["base_offset"] = base[start:end]
-            rows["log_append_time"] = -1
+            rows["log_append_time"] = turn.append_time[start:end]
             rows["log_start_offset"] = log_start[start:end]
             rows["partition"] = turn.partition[start:end]
             rows["error_code"] = turn.error[start:end]

@@ -43,7 +43,16 @@ LIMITATION: directories of a topic deleted while no writer ran are not
 removed (rows do not name their topic, and the data directory holds other
 owners' files); they stay on disk until an operator deletes them.
 
-Imported by the writer process only; not thread-safe.
+Periodic checkpoint: every flush_ms the main thread takes a checkpoint job
+of each partition written since its last one (``PartitionLog.
+prepare_checkpoint``) and hands it to :class:`CheckpointFlusher`, whose one
+thread syncs and records it; the main thread collects the reports between
+turns (a failure takes the partition offline there). A partition has at
+most one job in flight.
+
+Imported by the writer process only; not thread-safe apart from
+:class:`CheckpointFlusher`'s thread, which calls only
+``PartitionLog.run_checkpoint``.
 """
 
 from __future__ import annotations
@@ -51,7 +60,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import queue
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,7 +73,12 @@ import numpy.typing as npt
 
 from broker.commit_record import NOTHING_APPLIED, CommitRecord
 from broker.control.metadata import MetadataStore
-from broker.log.partition import LogConfig, LogStorageError, PartitionLog
+from broker.log.partition import (
+    CheckpointJob,
+    LogConfig,
+    LogStorageError,
+    PartitionLog,
+)
 from broker.logs import event
 from broker.producer_state import ProducerState, load_producer_state
 from broker.settings import Settings
@@ -84,6 +100,12 @@ REOPEN_MAX_S = 10.0
 # does not announce changes through its counter (one 64-byte read).
 METADATA_POLL_S = 0.1
 
+# How long closing waits for the flusher thread to finish its queued
+# checkpoints (a guess: 1,000 partitions at a few ms of fsyncs each, with
+# room for a slow disk). Past it the close goes on; each log's own close
+# then waits for the job holding it.
+FLUSHER_STOP_S = 30.0
+
 # Retention runs every 10 s: segments are large and retention is in hours
 # or days, so a 10 s delay is noise; each run costs one check per log.
 RETENTION_INTERVAL_S = 10.0
@@ -102,6 +124,7 @@ def log_config(settings: Settings, configs: dict[str, str]) -> LogConfig:
         index_interval_bytes=settings.index_interval_bytes,
         retention_ms=value("retention.ms", settings.retention_ms),
         retention_bytes=value("retention.bytes", settings.retention_bytes),
+        log_append_time=configs.get("message.timestamp.type") == "LogAppendTime",
     )
 
 
@@ -124,6 +147,8 @@ class Partition:
     sealed_bytes: int = 0
     sized_version: int = -1
     written: bool = False
+    # A checkpoint job of this partition is with the flusher thread.
+    checkpointing: bool = False
     reopen_at: float = 0.0
     reopen_delay: float = REOPEN_FIRST_S
 
@@ -134,6 +159,98 @@ class Partition:
     @property
     def online(self) -> bool:
         return self.state == STATE_ONLINE
+
+
+# What the flusher reports per job: the partition, the log the job was
+# taken from, and the failure (None when done or superseded).
+_Done = tuple[Partition, PartitionLog, LogStorageError | None]
+
+
+class CheckpointFlusher:
+    """One thread that runs periodic checkpoint jobs off the append loop.
+
+    The writer's main thread takes a job per log (``prepare_checkpoint``)
+    and submits it; the thread runs them in order (``run_checkpoint``:
+    fdatasync of the segments, then the state file) and reports each one;
+    the main thread collects the reports between turns. fdatasync and
+    fsync release the GIL, so appends go on meanwhile. The thread touches
+    no ring and no shared table; failures reach the partition through the
+    main thread (``collect``).
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[
+            tuple[Partition, PartitionLog, CheckpointJob] | None
+        ] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[_Done] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        # Jobs submitted and not yet collected (main thread only).
+        self.outstanding = 0
+
+    def submit(
+        self, partition: Partition, log: PartitionLog, job: CheckpointJob
+    ) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="checkpoint-flusher", daemon=True
+            )
+            self._thread.start()
+        self.outstanding += 1
+        self._jobs.put((partition, log, job))
+
+    def _run(self) -> None:
+        # Ends at the None that stop() queues.
+        while (item := self._jobs.get()) is not None:
+            partition, log, job = item
+            failure: LogStorageError | None = None
+            try:
+                log.run_checkpoint(job)
+            except LogStorageError as exc:
+                failure = exc
+            except Exception as exc:  # reported, never lost with the thread
+                failure = LogStorageError(
+                    partition.topic_partition,
+                    "checkpoint",
+                    OSError(f"{type(exc).__name__}: {exc}"),
+                )
+                event(
+                    logger,
+                    logging.ERROR,
+                    "writer.checkpoint_fault",
+                    exc_info=True,
+                    topic_partition=partition.topic_partition,
+                    error=exc,
+                )
+            self._done.put((partition, log, failure))
+
+    def collect(self, timeout_s: float = 0.0) -> list[_Done]:
+        """The reports that arrived; with ``timeout_s``, wait that long at
+        most for the first one when none is there yet."""
+        reports: list[_Done] = []
+        if timeout_s > 0 and self.outstanding:
+            try:
+                reports.append(self._done.get(timeout=timeout_s))
+            except queue.Empty:
+                return reports
+        # Bounded: at most the jobs submitted.
+        while True:
+            try:
+                reports.append(self._done.get_nowait())
+            except queue.Empty:
+                break
+        self.outstanding -= len(reports)
+        return reports
+
+    def stop(self, timeout_s: float = FLUSHER_STOP_S) -> bool:
+        """Let the thread finish the queued jobs and end; False when it did
+        not end within ``timeout_s``."""
+        thread = self._thread
+        if thread is None:
+            return True
+        self._jobs.put(None)
+        thread.join(timeout_s)
+        self._thread = None
+        return not thread.is_alive()
 
 
 class PartitionSet:
@@ -171,6 +288,7 @@ class PartitionSet:
         self._next_poll = 0.0
         self._next_retention = clock() + RETENTION_INTERVAL_S
         self._next_checkpoint = 0.0
+        self.flusher = CheckpointFlusher()
 
     # -- start ----------------------------------------------------------------
 
@@ -455,25 +573,60 @@ class PartitionSet:
     # -- background -----------------------------------------------------------
 
     def checkpoint_due(self, now: float) -> int:
-        """Every flush_ms: checkpoint the partitions written since the last
-        one. Returns how many were checkpointed."""
+        """Collect the checkpoints the flusher finished; every flush_ms,
+        hand it a job for each partition written since its last one (and
+        not still in a job). Returns how many checkpoints finished."""
+        finished = self.collect_checkpoints()
         if now < self._next_checkpoint:
-            return 0
+            return finished
         self._next_checkpoint = now + self.settings.flush_ms / 1000
-        done = 0
         for partition in self.by_index.values():
-            if not partition.written or not partition.online:
+            if not partition.written or partition.checkpointing:
                 continue
-            assert partition.log is not None
+            log = partition.log
+            if not partition.online or log is None:
+                continue
             try:
-                partition.log.checkpoint()
+                job = log.prepare_checkpoint()
             except LogStorageError as exc:
                 self.fail(partition, exc)
                 continue
             partition.written = False
+            if job is None:
+                continue
+            partition.checkpointing = True
+            self.flusher.submit(partition, log, job)
+        return finished
+
+    def collect_checkpoints(self, timeout_s: float = 0.0) -> int:
+        """Take the flusher's reports: a failure takes its partition
+        offline (unless it was reopened or removed meanwhile); a success
+        snapshots changed producer state. Returns the checkpoints done."""
+        done = 0
+        for partition, log, failure in self.flusher.collect(timeout_s):
+            current = partition.log is log and partition.online
+            if partition.log is log:
+                partition.checkpointing = False
+            if failure is not None:
+                if current:
+                    self.fail(partition, failure)
+                continue
             done += 1
-            if partition.producers.changed:
+            if current and partition.producers.changed:
                 self.snapshot(partition)
+        return done
+
+    def wait_for_checkpoints(self, timeout_s: float) -> int:
+        """Collect until no job is with the flusher or ``timeout_s`` passed;
+        returns the checkpoints done."""
+        deadline = self.clock() + timeout_s
+        done = self.collect_checkpoints()
+        # Bounded by the deadline.
+        while self.flusher.outstanding:
+            left = deadline - self.clock()
+            if left <= 0:
+                break
+            done += self.collect_checkpoints(min(left, 0.1))
         return done
 
     def snapshot(self, partition: Partition) -> None:
@@ -519,8 +672,19 @@ class PartitionSet:
     # -- closing --------------------------------------------------------------
 
     def close(self) -> None:
-        """Clean close: snapshot producer state, checkpoint and close every
-        log. Rows stay as they are (a restarted writer reads them)."""
+        """Clean close: let the flusher finish, then snapshot producer
+        state, checkpoint and close every log. Rows stay as they are (a
+        restarted writer reads them)."""
+        if not self.flusher.stop():
+            event(
+                logger,
+                logging.ERROR,
+                "writer.flusher_stuck",
+                jobs=self.flusher.outstanding,
+                waited_s=FLUSHER_STOP_S,
+                action="closing the logs anyway; each close waits for its sync",
+            )
+        self.collect_checkpoints()
         for partition in self.by_index.values():
             log = partition.log
             if log is None:

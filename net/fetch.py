@@ -16,6 +16,15 @@ For each requested partition:
      one whole batch (KIP-74). The connection sends the range with
      ``os.sendfile``; record bytes never enter Python.
 
+ListOffsets by timestamp answers with the first record at or after the
+time: the time index finds the batch, and that one batch is read (and
+decompressed, ``broker.log.records``) in this process, once per request.
+
+LIMITATION: that read and decompression run on this process's event loop
+(up to MAX_RECORDS_BYTES of records, milliseconds for usual batches), so a
+ListOffsets on a huge compressed batch delays this process's other
+connections meanwhile.
+
 A fetch that finds fewer than ``min_bytes`` parks until the writer moves a
 high watermark (it wakes this process through its eventfd when the
 ``parked_fetches_gauge`` of this process is non-zero) or ``max_wait_ms``
@@ -37,7 +46,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from broker.log.batch import TIMESTAMP_TYPE_BIT
+from broker.log.records import RecordsError, find_record_in_file
 from broker.log.segment import SegmentReader, list_segment_base_offsets
+from broker.logs import event
 from net.connection import Connection, ResponseSlot
 from net.kafka import codec
 from net.kafka.codec import FileRange, RequestHeader
@@ -448,16 +459,19 @@ class FetchPath:
         row: tuple[Any, ...],
         timestamp: int,
     ) -> tuple[int, int]:
-        """The first offset whose batch has a timestamp >= ``timestamp`` and
-        the timestamp of the record there, or (-1, -1) when no batch is that
-        late (Kafka's answer for a timestamp past the end).
+        """The offset and timestamp of the first record whose timestamp >=
+        ``timestamp`` (at or after the log start offset), or (-1, -1) when
+        no record is that late (Kafka's answer for a time past the end).
 
-        The record at a batch's base offset carries the batch's base
-        timestamp (a producer's first record has delta 0), or the batch's
-        max timestamp under LogAppendTime.
+        The time index and a header scan find the first batch whose
+        maxTimestamp reaches the time; that batch is read and, if
+        compressed, decompressed to find the record (``broker.log.records``;
+        once per request, never on the fetch path). Under LogAppendTime
+        every record has the batch's maxTimestamp.
         """
         files = self._files(index, topic, partition)
         hw_segment = int(row[self.f_hw_segment])
+        log_start = int(row[self.f_start])
         files.refresh(int(row[self.f_version]))
         for base in files.bases:
             if base > hw_segment:
@@ -468,17 +482,45 @@ class FetchPath:
                 else files.sealed_size(base)
             )
             try:
-                found = files.reader(base).find_timestamp(timestamp, end)
+                reader = files.reader(base)
+                found = reader.find_timestamp(timestamp, end)
+                if found is None:
+                    continue
+                record = find_record_in_file(
+                    reader.fd, reader.log_path, found[0], end, timestamp, log_start
+                )
             except FileNotFoundError:
                 continue
-            if found is not None:
-                _, batch = found
-                found_timestamp = batch.base_timestamp
-                if batch.attributes & TIMESTAMP_TYPE_BIT or found_timestamp < 0:
-                    found_timestamp = batch.max_timestamp
-                offset = max(int(batch.base_offset), int(row[self.f_start]))
-                return offset, int(found_timestamp)
+            except RecordsError as exc:
+                # LIMITATION: a batch whose records do not decode (stored
+                # unchecked on produce) is answered at batch granularity.
+                return self._batch_answer(topic, partition, log_start, exc)
+            if record is not None:
+                return record.offset, record.timestamp
         return -1, -1
+
+    @staticmethod
+    def _batch_answer(
+        topic: str, partition: int, log_start: int, exc: RecordsError
+    ) -> tuple[int, int]:
+        """The answer when a batch's records cannot be read (they were
+        stored unchecked, or expand past MAX_RECORDS_BYTES): the batch's
+        first offset and timestamp, so consumers start early rather than
+        late, which skips nothing."""
+        batch = exc.header
+        event(
+            logger,
+            logging.WARNING,
+            "list_offsets.records_unreadable",
+            topic_partition=f"{topic}-{partition}",
+            base_offset=batch.base_offset,
+            error=exc,
+            action="answering with the batch's first offset",
+        )
+        found_timestamp = batch.base_timestamp
+        if batch.attributes & TIMESTAMP_TYPE_BIT or found_timestamp < 0:
+            found_timestamp = batch.max_timestamp
+        return max(int(batch.base_offset), log_start), int(found_timestamp)
 
     def close(self) -> None:
         for files in self.files.values():

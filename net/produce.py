@@ -432,6 +432,9 @@ class ProducePath:
             partitions = rows["partition"].tolist()
             base_offsets = rows["base_offset"].tolist()
             log_starts = rows["log_start_offset"].tolist()
+            # Only LogAppendTime topics have one (else -1, the default).
+            stamped = rows["log_append_time"]
+            append_times = stamped.tolist() if bool((stamped >= 0).any()) else None
             errors = rows["error_code"].tolist()
             receiver.release(len(rows))
             handled += len(request_ids)
@@ -448,6 +451,8 @@ class ProducePath:
                 if "base_offset" in result:
                     result["base_offset"] = base_offsets[i]
                     result["log_start_offset"] = log_starts[i]
+                    if append_times is not None:
+                        result["log_append_time_ms"] = append_times[i]
                 else:
                     result["low_watermark"] = log_starts[i]
                 result["error_code"] = errors[i]

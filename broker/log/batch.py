@@ -2,7 +2,10 @@
 
 A batch is stored on disk exactly as a client sent it, except for the
 8-byte baseOffset, which the writer process rewrites in place. The CRC-32C
-starts at ``attributes`` (byte 21), so that rewrite never touches it.
+starts at ``attributes`` (byte 21), so that rewrite never touches it. A
+topic with message.timestamp.type=LogAppendTime also gets attributes bit 3
+and maxTimestamp set to the append time, which needs a new CRC
+(:func:`stamp_log_append_time`).
 
 Header, 61 bytes, big-endian, offsets from the start of the batch::
 
@@ -21,8 +24,9 @@ Header, 61 bytes, big-endian, offsets from the start of the batch::
 
 Checks: :func:`validate_batch` is shared by the net processes (on Produce)
 and the writer process (on recovery). It reads only the header and runs one
-CRC over the buffer; nothing here decodes records except :func:`build_batch`,
-which exists for tests and load generators.
+CRC over the buffer; nothing here decodes records (``broker.log.records``
+does, for ListOffsets) except :func:`build_batch`, which exists for tests and
+load generators.
 
 Imported by: net processes, the writer process, tests, perf. Pure functions
 over buffers; nothing here holds state, so it is safe everywhere.
@@ -280,6 +284,53 @@ def iter_batch_bounds(
 def rewrite_base_offset(batch: memoryview | bytearray, base_offset: int) -> None:
     """Set baseOffset (bytes 0..7) in place; the CRC does not cover it."""
     BASE_OFFSET_FIELD.pack_into(batch, BASE_OFFSET, base_offset)
+
+
+_ATTRIBUTES_FIELD = struct.Struct(">h")
+_MAX_TIMESTAMP_FIELD = struct.Struct(">q")
+_CRC_FIELD = struct.Struct(">I")
+
+
+def stamp_log_append_time(batch: memoryview | bytearray, timestamp: int) -> None:
+    """LogAppendTime, in place: set the timestamp-type bit (attributes bit
+    3) and maxTimestamp = ``timestamp``, then recompute the CRC, which
+    covers both (bytes 21 .. end). ``batch`` holds exactly one batch.
+
+    Consumers then report ``timestamp`` for every record of the batch; the
+    records' own timestamp deltas are left as they are (Kafka's
+    ``setMaxTimestamp`` does the same).
+    """
+    (attributes,) = _ATTRIBUTES_FIELD.unpack_from(batch, ATTRIBUTES)
+    _ATTRIBUTES_FIELD.pack_into(batch, ATTRIBUTES, attributes | TIMESTAMP_TYPE_BIT)
+    _MAX_TIMESTAMP_FIELD.pack_into(batch, MAX_TIMESTAMP, timestamp)
+    _CRC_FIELD.pack_into(batch, CRC, crc32c.crc32c(memoryview(batch)[ATTRIBUTES:]))
+
+
+def stamp_log_append_times(
+    buffers: Sequence[memoryview], sizes: Sequence[int], timestamp: int
+) -> None:
+    """:func:`stamp_log_append_time` for batches lying back to back in
+    ``buffers`` (each buffer whole batches), of ``sizes`` bytes in order.
+    Raises ValueError, before stamping anything, when the sizes do not
+    divide the buffers into whole batches."""
+    bounds: list[tuple[memoryview, int, int]] = []
+    sizes_left = iter(sizes)
+    for buffer in buffers:
+        position = 0
+        # One pass per batch of this buffer; each size is >= HEADER_SIZE.
+        while position < len(buffer):
+            size = next(sizes_left, 0)
+            if size < HEADER_SIZE or position + size > len(buffer):
+                raise ValueError(
+                    f"batch size {size} at position {position} does not fit "
+                    f"a buffer of {len(buffer)} bytes"
+                )
+            bounds.append((buffer, position, size))
+            position += size
+    if next(sizes_left, None) is not None:
+        raise ValueError(f"{len(sizes)} batch sizes for {len(bounds)} batches")
+    for buffer, position, size in bounds:
+        stamp_log_append_time(buffer[position : position + size], timestamp)
 
 
 # ---------------------------------------------------------------------------

@@ -21,7 +21,9 @@ each header and rewrites each baseOffset itself; the writer process uses
 :meth:`PartitionLog.append_assigned`, which takes runs of batches with
 their baseOffsets already set and their header fields as numpy columns, so
 a loop turn costs no Python work per batch. Both write with writev calls of
-at most ``WRITE_BYTES`` (``broker.log.segment``).
+at most ``WRITE_BYTES`` (``broker.log.segment``). A LogAppendTime log
+(``LogConfig.log_append_time``) first stamps every batch with the append
+time and a new CRC, one CRC per batch; CreateTime logs skip that.
 
 The clean point (``log-state.json``): a (segment base offset, position)
 below which every byte was fdatasync'ed, with the indexes msync'ed. It is
@@ -42,8 +44,23 @@ call deleted), then the log refuses appends with the same
 fdatasync is sticky the same way, since the kernel may have dropped the
 dirty pages.
 
-Imported by: the writer process only (one PartitionLog per partition, not
-thread-safe). Other processes read segments through ``SegmentReader``.
+Periodic checkpoint off the append loop: the writer's main thread takes a
+:class:`CheckpointJob` (:meth:`PartitionLog.prepare_checkpoint`: the
+segments appended to since their last sync, and the log end as the clean
+point to record) and a flusher thread runs it
+(:meth:`PartitionLog.run_checkpoint`: fdatasync, then the state file). The
+clean point is taken before the sync starts, so it never covers bytes that
+sync did not see. A per-log sync lock is held around every sync and state
+write and around every change that closes, remaps or removes files (roll,
+truncation, retention, undo, close), never around an append; a job taken
+before a truncation or close records nothing (the state-file generation
+changed).
+
+Imported by: the writer process only (one PartitionLog per partition).
+Only the writer's main thread calls the methods that change the log;
+:meth:`PartitionLog.run_checkpoint` may run in another thread, and
+:meth:`PartitionLog.flush` in another thread while the main thread waits
+for it. Other processes read segments through ``SegmentReader``.
 """
 
 from __future__ import annotations
@@ -54,6 +71,7 @@ import logging
 import os
 import re
 import struct
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +87,11 @@ from broker.log.batch import (
     HEADER_SIZE,
     LOG_OVERHEAD,
     MAGIC_V2,
+    stamp_log_append_time,
+    stamp_log_append_times,
 )
 from broker.log.index import INT32_MAX
+from broker.log.records import find_record_in_file
 from broker.log.segment import (
     META_BASE_OFFSET,
     META_LAST_OFFSET,
@@ -111,6 +132,9 @@ class LogConfig:
     index_interval_bytes: int = 4096
     retention_ms: int = 7 * 24 * 3600 * 1000  # -1: keep forever
     retention_bytes: int = -1  # -1: no size limit
+    # message.timestamp.type=LogAppendTime: every appended batch is stamped
+    # with the append time (attributes bit 3, maxTimestamp, a new CRC).
+    log_append_time: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LogConfig:
@@ -200,6 +224,21 @@ class PartitionLogStatistics:
 
 
 @dataclass(frozen=True)
+class CheckpointJob:
+    """What one periodic checkpoint of a log syncs and records, taken by
+    :meth:`PartitionLog.prepare_checkpoint` on the writer's main thread and
+    run by :meth:`PartitionLog.run_checkpoint` in the flusher thread."""
+
+    segments: tuple[Segment, ...]
+    # The log end when the job was taken: every byte below it is either in
+    # ``segments`` or was synced before.
+    clean_point: tuple[int, int]
+    # The log's state-file generation when the job was taken (see
+    # PartitionLog._epoch).
+    epoch: int
+
+
+@dataclass(frozen=True)
 class _State:
     clean_segment_base_offset: int
     clean_position: int
@@ -263,7 +302,18 @@ class PartitionLog:
         self._log_start_offset = log_start_offset
         self._clean_point = clean_point
         self._persisted_log_start_offset = log_start_offset
+        # Segments appended to since they were last synced (main thread).
         self._unflushed: dict[int, Segment] = {}
+        # Segments handed to a checkpoint job that has not synced them yet.
+        self._syncing: dict[int, Segment] = {}
+        # Held around every sync and every change that closes, remaps or
+        # removes files (roll, truncation, deletion, close, undo) and around
+        # state-file writes, so a flusher thread never syncs a file being
+        # changed under it. Appends do not take it.
+        self._sync_lock = threading.RLock()
+        # Bumped by every state-file write: a checkpoint job taken before
+        # another write (a truncation, a close) records nothing.
+        self._epoch = 0
         self._failure: LogStorageError | None = None
         self.recovery = recovery
         self.segments_version = 0
@@ -554,10 +604,11 @@ class PartitionLog:
         if not batches:
             raise ValueError(f"{self.topic_partition}: append needs at least one batch")
 
-        # LIMITATION: batches flagged LogAppendTime keep the producer's
-        # maxTimestamp (stamping it means a new CRC); retention and time
-        # lookups then use the producer's clock.
         metas = self._assign_offsets(batches)
+        if self.config.log_append_time:
+            for view in batches:
+                stamp_log_append_time(view, now_ms)
+            metas = [(base, last, now_ms, size) for base, last, _, size in metas]
         total = sum([meta[META_SIZE] for meta in metas])
         self._append_or_undo(batches, metas, None, total, now_ms)
         return metas[0][META_BASE_OFFSET], metas[-1][META_LAST_OFFSET]
@@ -581,12 +632,25 @@ class PartitionLog:
         again (the caller checked each batch's framing). A failed write
         raises LogStorageError and leaves the log as it was.
 
-        LIMITATION: as for :meth:`append`, LogAppendTime batches keep the
-        producer's maxTimestamp.
+        Under LogAppendTime (``config.log_append_time``) every batch is
+        stamped with ``now_ms`` in ``buffers`` (attributes bit 3,
+        maxTimestamp, CRC; one CRC per batch), and the indexes and retention
+        use ``now_ms``; CreateTime logs skip this.
         """
         if self._failure is not None:
             raise self._failure
         total = self._check_columns(buffers, columns)
+        # LIMITATION: on a CreateTime log, a batch its producer flagged
+        # LogAppendTime keeps the flag and its maxTimestamp (Kafka resets
+        # both); clients do not send such batches.
+        if self.config.log_append_time:
+            stamp_log_append_times(buffers, columns.size.tolist(), now_ms)
+            columns = BatchColumns(
+                base_offset=columns.base_offset,
+                last_offset=columns.last_offset,
+                max_timestamp=np.full(len(columns), now_ms, np.int64),
+                size=columns.size,
+            )
         return self._append_or_undo(buffers, None, columns, total, now_ms)
 
     def next_base_offsets(self, last_offset_deltas: npt.NDArray[np.int64]) -> Int64s:
@@ -783,7 +847,9 @@ class PartitionLog:
 
     def _roll(self, reason: str) -> Segment:
         previous = self._segments[-1]
-        previous.seal()
+        # Sealing trims the index files (new files, new mappings).
+        with self._sync_lock:
+            previous.seal()
         segment = Segment(
             self.directory,
             previous.next_offset,
@@ -810,50 +876,72 @@ class PartitionLog:
     ) -> None:
         """Put the log back as it was before a failed append. If this fails
         too, the failure stays sticky and recovery on reopen repairs it."""
-        try:
-            while len(self._segments) > segments_before:
-                rolled = self._segments.pop()
-                self._bases.pop()
-                self._unflushed.pop(rolled.base_offset, None)
-                rolled.delete()
-            active = self._segments[-1]
-            if active.sealed:
-                active.unseal(self.config.index_capacity)
-            active.truncate_to_position(size_before)
-        except OSError as undo:
-            cause.add_note(f"undoing the append failed: {undo}")
-        self.segments_version += 1
+        with self._sync_lock:
+            try:
+                while len(self._segments) > segments_before:
+                    rolled = self._segments.pop()
+                    self._bases.pop()
+                    self._unflushed.pop(rolled.base_offset, None)
+                    self._syncing.pop(rolled.base_offset, None)
+                    rolled.delete()
+                active = self._segments[-1]
+                if active.sealed:
+                    active.unseal(self.config.index_capacity)
+                active.truncate_to_position(size_before)
+            except OSError as undo:
+                cause.add_note(f"undoing the append failed: {undo}")
+            self.segments_version += 1
 
     # -- durability -----------------------------------------------------------
 
     def flush(self) -> None:
         """fdatasync every segment appended to since the last flush (the
-        acks=-1 group commit: one call covers a whole loop turn)."""
-        if not self._unflushed:
-            return
+        acks=-1 group commit: one call covers a whole loop turn). Safe from
+        another thread while the writer's main thread waits for it; waits
+        for a checkpoint job syncing this log, so a sync error that job met
+        is seen here too."""
+        with self._sync_lock:
+            if self._failure is not None:
+                raise self._failure
+            if not self._unflushed:
+                return
+            self._sync_or_fail(list(self._unflushed.values()))
+            self._unflushed.clear()
+
+    def _sync_or_fail(self, segments: Sequence[Segment]) -> None:
+        """fdatasync ``segments``; a failure is sticky (the kernel may have
+        dropped the dirty pages, so a later sync could not prove them)."""
         try:
-            for segment in list(self._unflushed.values()):
+            for segment in segments:
                 segment.flush()
         except OSError as exc:
             self._failure = LogStorageError(self.topic_partition, "fdatasync", exc)
             raise self._failure from exc
-        self._unflushed.clear()
 
     def checkpoint(self) -> None:
-        """Flush, then record the clean point (the periodic flush)."""
+        """Flush, then record the clean point, in the calling thread."""
         if self._failure is not None:
             raise self._failure
         self._checkpoint_or_fail()
 
     def _checkpoint_or_fail(self) -> None:
-        self.flush()
-        active = self._segments[-1]
-        clean_point = (active.base_offset, active.size)
-        if (
-            clean_point == self._clean_point
-            and self._log_start_offset == self._persisted_log_start_offset
-        ):
-            return
+        with self._sync_lock:
+            # Segments a pending job holds are synced here too: the clean
+            # point recorded below covers them.
+            pending = {**self._syncing, **self._unflushed}
+            self._sync_or_fail(list(pending.values()))
+            self._unflushed.clear()
+            self._syncing.clear()
+            active = self._segments[-1]
+            clean_point = (active.base_offset, active.size)
+            if (
+                clean_point == self._clean_point
+                and self._log_start_offset == self._persisted_log_start_offset
+            ):
+                return
+            self._record_or_fail(clean_point)
+
+    def _record_or_fail(self, clean_point: tuple[int, int]) -> None:
         try:
             self._write_state(clean_point)
         except OSError as exc:
@@ -862,16 +950,75 @@ class PartitionLog:
             )
             raise self._failure from exc
 
+    def prepare_checkpoint(self) -> CheckpointJob | None:
+        """The periodic checkpoint, first half (writer main thread, between
+        turns): hand the segments appended to since the last sync to a job
+        whose clean point is the log end now. None when there is nothing
+        to record.
+
+        Run the job with :meth:`run_checkpoint`, in another thread if need
+        be, and take no other job of this log until that returned: then no
+        other thread holds the sync lock here and this does not wait.
+        """
+        if self._failure is not None:
+            raise self._failure
+        with self._sync_lock:
+            active = self._segments[-1]
+            clean_point = (active.base_offset, active.size)
+            if (
+                not self._unflushed
+                and not self._syncing
+                and clean_point == self._clean_point
+                and self._log_start_offset == self._persisted_log_start_offset
+            ):
+                return None
+            self._syncing.update(self._unflushed)
+            self._unflushed.clear()
+            return CheckpointJob(
+                tuple(self._syncing.values()), clean_point, self._epoch
+            )
+
+    def run_checkpoint(self, job: CheckpointJob) -> bool:
+        """The periodic checkpoint, second half (any thread): fdatasync the
+        job's segments, then record its clean point. False when the log
+        failed, or a state file was written since the job was taken (a
+        truncation or close: its clean point may no longer hold); then
+        nothing is recorded. A failed sync or write raises LogStorageError
+        and is sticky, as in :meth:`flush`.
+
+        The lock is dropped between the sync and the state write so a
+        group commit of this log waits for one of them only.
+        """
+        with self._sync_lock:
+            if self._failure is not None or job.epoch != self._epoch:
+                return False
+            self._sync_or_fail(job.segments)
+            for segment in job.segments:
+                if self._syncing.get(segment.base_offset) is segment:
+                    del self._syncing[segment.base_offset]
+        with self._sync_lock:
+            if self._failure is not None or job.epoch != self._epoch:
+                return False
+            if (
+                job.clean_point != self._clean_point
+                or self._log_start_offset != self._persisted_log_start_offset
+            ):
+                self._record_or_fail(job.clean_point)
+        return True
+
     def _write_state(self, clean_point: tuple[int, int] | None) -> None:
-        """Write log-state.json atomically: temp file, fsync, rename, fsync dir."""
+        """Write log-state.json atomically: temp file, fsync, rename, fsync
+        dir. The caller holds the sync lock."""
         if clean_point is None:
             clean_point = self._clean_point or (self._segments[0].base_offset, 0)
+        # Read once: the main thread may move it while a flusher writes.
+        log_start_offset = self._log_start_offset
         data = json.dumps(
             {
                 "format": STATE_FORMAT,
                 "clean_segment_base_offset": clean_point[0],
                 "clean_position": clean_point[1],
-                "log_start_offset": self._log_start_offset,
+                "log_start_offset": log_start_offset,
             }
         ).encode()
         temporary = self.directory / (STATE_FILE + ".tmp")
@@ -884,17 +1031,20 @@ class PartitionLog:
         os.replace(temporary, self.directory / STATE_FILE)
         _fsync_directory(self.directory)
         self._clean_point = clean_point
-        self._persisted_log_start_offset = self._log_start_offset
+        self._persisted_log_start_offset = log_start_offset
+        self._epoch += 1
 
     # -- retention and deletion -----------------------------------------------
 
     def _delete_oldest(self, reason: str) -> int:
-        segment = self._segments.pop(0)
-        self._bases.pop(0)
-        self._unflushed.pop(segment.base_offset, None)
-        size = segment.size
-        max_timestamp = segment.max_timestamp
-        segment.delete()
+        with self._sync_lock:
+            segment = self._segments.pop(0)
+            self._bases.pop(0)
+            self._unflushed.pop(segment.base_offset, None)
+            self._syncing.pop(segment.base_offset, None)
+            size = segment.size
+            max_timestamp = segment.max_timestamp
+            segment.delete()
         self.segments_version += 1
         self._log_start_offset = max(
             self._log_start_offset, self._segments[0].base_offset
@@ -956,7 +1106,8 @@ class PartitionLog:
         while len(self._segments) > 1 and self._segments[1].base_offset <= offset:
             self._delete_oldest("log_start_offset")
         try:
-            self._write_state(None)
+            with self._sync_lock:
+                self._write_state(None)
         except OSError as exc:
             raise LogStorageError(
                 self.topic_partition, "writing the log start offset", exc
@@ -980,24 +1131,28 @@ class PartitionLog:
 
         bytes_before = sum(segment.size for segment in self._segments)
         try:
-            if (
-                offset <= self._segments[0].base_offset
-                or offset < self._log_start_offset
-            ):
-                self._truncate_fully(offset)
-            else:
-                while self._segments[-1].base_offset >= offset:
-                    segment = self._segments.pop()
-                    self._bases.pop()
-                    self._unflushed.pop(segment.base_offset, None)
-                    segment.delete()
-                active = self._segments[-1]
-                if active.sealed:
-                    active.unseal(self.config.index_capacity)
-                active.truncate_to_offset(offset)
-                self._unflushed[active.base_offset] = active
-            self.segments_version += 1
-            self._checkpoint_or_fail()
+            with self._sync_lock:
+                # A pending checkpoint job's clean point may lie past the cut.
+                self._epoch += 1
+                if (
+                    offset <= self._segments[0].base_offset
+                    or offset < self._log_start_offset
+                ):
+                    self._truncate_fully(offset)
+                else:
+                    while self._segments[-1].base_offset >= offset:
+                        segment = self._segments.pop()
+                        self._bases.pop()
+                        self._unflushed.pop(segment.base_offset, None)
+                        self._syncing.pop(segment.base_offset, None)
+                        segment.delete()
+                    active = self._segments[-1]
+                    if active.sealed:
+                        active.unseal(self.config.index_capacity)
+                    active.truncate_to_offset(offset)
+                    self._unflushed[active.base_offset] = active
+                self.segments_version += 1
+                self._checkpoint_or_fail()
         except OSError as exc:
             self._failure = LogStorageError(self.topic_partition, "truncate", exc)
             raise self._failure from exc
@@ -1019,6 +1174,7 @@ class PartitionLog:
         for segment in self._segments:
             segment.delete()
         self._unflushed.clear()
+        self._syncing.clear()
         segment = Segment(
             self.directory,
             offset,
@@ -1051,19 +1207,34 @@ class PartitionLog:
         return ReadPosition(active.base_offset, active.size, active.log_path)
 
     def offset_for_timestamp(self, timestamp: int) -> int | None:
-        """Base offset of the first batch whose maxTimestamp >= ``timestamp``
-        (at least the log start offset); None when no batch is that late.
+        """Offset of the first record whose timestamp >= ``timestamp``, at
+        or after the log start offset; None when no record is that late.
 
-        LIMITATION: answers at batch granularity (the broker does not decode
-        records); ListOffsets may return an offset whose first records are
-        older than ``timestamp``, which consumers then read too.
+        The time index and a header scan find the first batch whose
+        maxTimestamp reaches ``timestamp``; that batch is read (and
+        decompressed) to find the record (``broker.log.records``). Raises
+        RecordsError when a batch's records cannot be read.
         """
         for segment in self._segments:
             if segment.max_timestamp < timestamp:
                 continue
             found = segment.find_timestamp(timestamp)
-            if found is not None:
-                return max(found[1].base_offset, self._log_start_offset)
+            if found is None:
+                continue
+            fd = os.open(segment.log_path, os.O_RDONLY)
+            try:
+                record = find_record_in_file(
+                    fd,
+                    segment.log_path,
+                    found[0],
+                    segment.size,
+                    timestamp,
+                    self._log_start_offset,
+                )
+            finally:
+                os.close(fd)
+            if record is not None:
+                return record.offset
         return None
 
     def segment_path(self, base_offset: int, suffix: str) -> Path:
@@ -1076,10 +1247,13 @@ class PartitionLog:
         the files. After a failure, or with ``checkpoint=False``, nothing is
         recorded: the files are left as a crash would leave them and the
         next open recovers from the last clean point."""
-        try:
-            if checkpoint and self._failure is None:
-                self._segments[-1].seal()
-                self._checkpoint_or_fail()
-        finally:
-            for segment in self._segments:
-                segment.close()
+        with self._sync_lock:
+            # A checkpoint job still pending records nothing after this.
+            self._epoch += 1
+            try:
+                if checkpoint and self._failure is None:
+                    self._segments[-1].seal()
+                    self._checkpoint_or_fail()
+            finally:
+                for segment in self._segments:
+                    segment.close()

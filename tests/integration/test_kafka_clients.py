@@ -18,6 +18,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
+from broker.log.batch import iter_batch_bounds
 from tests.conftest import BrokerProcess, require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -220,20 +221,45 @@ def test_admin_creates_grows_and_deletes_topics(module_broker: BrokerProcess) ->
         time.sleep(0.2)
 
 
-def test_list_offsets_by_timestamp(module_broker: BrokerProcess) -> None:
-    topic = unique_topic("times")
-    producer = Producer({"bootstrap.servers": module_broker.bootstrap})
+@pytest.mark.parametrize("codec", ["none", "lz4"])
+def test_list_offsets_by_timestamp_answers_at_record_granularity(
+    module_broker: BrokerProcess, codec: str
+) -> None:
+    """Three batches of ten records, one second apart: a time inside a batch
+    gets the offset of the first record at or after it, not the batch's."""
+    topic = unique_topic(f"times-{codec}")
+    producer = Producer(
+        {
+            "bootstrap.servers": module_broker.bootstrap,
+            "linger.ms": 1_000,
+            "compression.type": codec,
+        }
+    )
+    producer.list_topics(topic, timeout=30)  # created, partition known
     base = 1_700_000_000_000
-    for i in range(30):
-        producer.produce(topic, value=f"v{i}".encode(), timestamp=base + i * 1000)
-        producer.flush(30)  # one batch per record: timestamps per batch
+    for batch in range(3):
+        for i in range(batch * 10, batch * 10 + 10):
+            value = f"v{i}".encode() * 20
+            producer.produce(topic, value=value, timestamp=base + i * 1000)
+        assert producer.flush(30) == 0  # one batch per ten records
+    segment = module_broker.data_dir / f"{topic}-0" / f"{0:020d}.log"
+    data = segment.read_bytes()
+    lasts = [
+        struct.unpack_from(">q", data, at)[0]
+        + struct.unpack_from(">i", data, at + 23)[0]
+        for at, _ in iter_batch_bounds(data)
+    ]
+    assert lasts == [9, 19, 29]
+
     consumer = Consumer(
         {"bootstrap.servers": module_broker.bootstrap, "group.id": "times"}
     )
     try:
         asked = [
-            TopicPartition(topic, 0, base + 10_500),
+            TopicPartition(topic, 0, base + 14_500),
+            TopicPartition(topic, 0, base + 14_000),
             TopicPartition(topic, 0, base),
+            TopicPartition(topic, 0, base + 29_000),
             TopicPartition(topic, 0, base + 10_000_000),
         ]
         answers = [
@@ -242,9 +268,7 @@ def test_list_offsets_by_timestamp(module_broker: BrokerProcess) -> None:
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)
     finally:
         consumer.close()
-    assert answers[0] == 11
-    assert answers[1] == 0
-    assert answers[2] == -1
+    assert answers == [15, 14, 0, 29, -1]
     assert (low, high) == (0, 30)
 
 

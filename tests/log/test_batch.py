@@ -4,6 +4,7 @@ cross-checked against kafka-python's own record batch code."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import crc32c
 import pytest
@@ -13,6 +14,7 @@ from broker.log.batch import (
     CORRUPT_MESSAGE,
     HEADER_SIZE,
     INVALID_RECORD,
+    TIMESTAMP_TYPE_BIT,
     UNSUPPORTED_FOR_MESSAGE_FORMAT,
     BatchError,
     Record,
@@ -20,6 +22,8 @@ from broker.log.batch import (
     iter_batch_bounds,
     parse_header,
     rewrite_base_offset,
+    stamp_log_append_time,
+    stamp_log_append_times,
     validate_batch,
 )
 
@@ -248,3 +252,68 @@ def test_build_batch_refuses_empty_and_compressed() -> None:
         build_batch([])
     with pytest.raises(ValueError, match="uncompressed"):
         build_batch(RECORDS, attributes=1)
+
+
+@pytest.mark.parametrize("compression", [0, 2], ids=["none", "snappy"])
+def test_stamp_log_append_time_sets_bit_and_max_timestamp_with_valid_crc(
+    compression: int,
+) -> None:
+    records: list[Record] = [
+        (key, (value or b"") * 200, headers, timestamp)
+        for key, value, headers, timestamp in RECORDS
+    ]
+    original = bytes(_kafka_python_batch(compression, records))
+    batch = bytearray(original)
+
+    stamp_log_append_time(memoryview(batch), 1_800_000_000_123)
+
+    assert validate_batch(batch) is None
+    header = parse_header(batch)
+    assert header.attributes == compression | TIMESTAMP_TYPE_BIT
+    assert header.max_timestamp == 1_800_000_000_123
+    # Nothing else changes: baseTimestamp, records, producer fields.
+    assert batch[:17] == original[:17]
+    assert batch[23:35] == original[23:35]
+    assert batch[43:] == original[43:]
+    # kafka-python agrees: CRC valid, every record reports the append time.
+    reader = DefaultRecordBatch(bytes(batch))
+    assert reader.validate_crc()
+    assert reader.timestamp_type == 1
+    assert [r.timestamp for r in reader] == [1_800_000_000_123] * len(records)
+
+
+def test_stamp_log_append_times_stamps_batches_across_buffers() -> None:
+    batches = [build_batch(RECORDS[: n + 1]) for n in range(3)]
+    run = bytearray(batches[0] + batches[1])
+    alone = bytearray(batches[2])
+
+    stamp_log_append_times(
+        [memoryview(run), memoryview(alone)], [len(b) for b in batches], 42
+    )
+
+    for batch in (run[: len(batches[0])], run[len(batches[0]) :], alone):
+        assert validate_batch(batch) is None
+        assert parse_header(batch).max_timestamp == 42
+        assert parse_header(batch).attributes & TIMESTAMP_TYPE_BIT
+
+
+@pytest.mark.parametrize(
+    "sizes_of",
+    [lambda n: [n - 1], lambda n: [62, 61], lambda n: [n + 1]],
+    ids=["short", "misaligned", "too-long"],
+)
+def test_stamp_log_append_times_refuses_sizes_that_do_not_split_buffers(
+    sizes_of: Callable[[int], list[int]],
+) -> None:
+    batch = build_batch(RECORDS)
+    before = bytes(batch)
+
+    with pytest.raises(ValueError, match="batch size"):
+        stamp_log_append_times([memoryview(batch)], sizes_of(len(batch)), 42)
+    assert bytes(batch) == before
+
+
+def test_stamp_log_append_times_refuses_extra_sizes() -> None:
+    batch = build_batch(RECORDS)
+    with pytest.raises(ValueError, match="2 batch sizes for 1 batches"):
+        stamp_log_append_times([memoryview(batch)], [len(batch), 61], 42)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from broker.log.batch import TIMESTAMP_TYPE_BIT, parse_header, validate_batch
 from broker.log.index import INT32_MAX
 from broker.log.partition import (
     STATE_FILE,
@@ -222,6 +223,76 @@ def test_append_assigned_writes_what_append_writes_across_rolls(
     by_view.close()
     by_column.close()
     assert _files(tmp_path / "b" / "orders-3") == _files(tmp_path / "a" / "orders-3")
+
+
+@pytest.mark.parametrize("segment_bytes", [300, 1 << 20])
+def test_log_append_time_stamps_every_batch_on_both_append_paths(
+    tmp_path: Path, segment_bytes: int
+) -> None:
+    """Same files either way; every batch carries bit 3, maxTimestamp = the
+    append time and a valid CRC; the time index and retention use it."""
+    shapes = [(1 + n % 4, (n * 37) % 400, 1_000 + n) for n in range(40)]
+
+    def batches() -> list[bytearray]:
+        return [make_batch(r, v, timestamp=t) for r, v, t in shapes]
+
+    config = LogConfig(segment_bytes=segment_bytes, log_append_time=True)
+    by_view = PartitionLog.open(tmp_path / "a", "orders", 3, config)
+    by_column = PartitionLog.open(tmp_path / "b", "orders", 3, config)
+    every = batches()
+    for start in range(0, len(every), 10):
+        now_ms = 50_000 + start
+        by_view.append([memoryview(b) for b in every[start : start + 10]], now_ms)
+    every = batches()
+    for start in range(0, len(every), 10):
+        buffers, columns = _assign(by_column, every[start : start + 10], runs=3)
+        by_column.append_assigned(buffers, columns, 50_000 + start)
+
+    for log in (by_view, by_column):
+        assert log.offset_for_timestamp(0) == 0
+        # The producer's times are gone; the append times rule.
+        assert log.offset_for_timestamp(50_001) == _first_offset_of(shapes, 10)
+        assert log.offset_for_timestamp(50_031) is None
+    scanned = scan_directory(tmp_path / "b" / "orders-3")
+    for number, batch in enumerate(scanned):
+        header = parse_header(batch.data)
+        assert validate_batch(batch.data) is None
+        assert header.attributes & TIMESTAMP_TYPE_BIT
+        assert header.max_timestamp == 50_000 + number // 10 * 10
+    by_view.close()
+    by_column.close()
+    assert _files(tmp_path / "b" / "orders-3") == _files(tmp_path / "a" / "orders-3")
+
+    # Retention goes by the append time, not the producer's 1_000 + n.
+    if segment_bytes == 300:
+        log = PartitionLog.open(
+            tmp_path / "b",
+            "orders",
+            3,
+            LogConfig(segment_bytes=300, retention_ms=1_000, log_append_time=True),
+        )
+        assert log.enforce_retention(50_000 + 1_000) == []
+        assert log.enforce_retention(50_031 + 1_001) != []
+        log.close()
+
+
+def _first_offset_of(shapes: list[tuple[int, int, int]], batches: int) -> int:
+    """The first offset of batch number ``batches``."""
+    return sum(records for records, _, _ in shapes[:batches])
+
+
+def test_create_time_append_keeps_batches_as_sent(tmp_path: Path) -> None:
+    log = _open(tmp_path)
+    sent = [make_batch(3, 20, timestamp=1_000 + n) for n in range(5)]
+    _append(log, *[bytearray(b) for b in sent], now_ms=99_999)
+
+    assert [b.data[8:] for b in scan_directory(tmp_path / "orders-3")] == [
+        bytes(b[8:]) for b in sent
+    ]
+    # Batch n holds offsets 3n.. with times 1_000 + n + i: 1_003 is the
+    # last record of batch 1.
+    assert log.offset_for_timestamp(1_003) == 5
+    log.close()
 
 
 @pytest.mark.parametrize(
@@ -583,9 +654,10 @@ def test_recovery_rebuilds_index_when_index_file_holds_junk(
     assert _events(caplog, "segment.index_rebuilt")[0]["base_offset"] == rebuilt_base
     assert _payloads(directory) == payloads
     _assert_readable(log, directory)
-    # Batch n holds timestamps n and n + 1.
+    # Batch n holds offsets 2n and 2n + 1 with timestamps n and n + 1: the
+    # first record at or after t is the second one of batch t - 1.
     for timestamp in range(21):
-        assert log.offset_for_timestamp(timestamp) == 2 * max(timestamp - 1, 0)
+        assert log.offset_for_timestamp(timestamp) == max(2 * timestamp - 1, 0)
     assert log.offset_for_timestamp(21) is None
     log.close()
 
@@ -833,3 +905,189 @@ def test_checkpoint_writes_state_file_atomically(tmp_path: Path) -> None:
 def test_open_rejects_topic_name_that_could_leave_data_dir(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"topic name '\.\./x'"):
         PartitionLog.open(tmp_path, "../x", 0, LogConfig())
+
+
+# -- checkpoints off the append loop ------------------------------------------
+
+
+def _state(directory: Path) -> dict[str, int]:
+    data: dict[str, int] = json.loads((directory / STATE_FILE).read_text())
+    return data
+
+
+def test_run_checkpoint_records_the_log_end_taken_at_prepare(tmp_path: Path) -> None:
+    log = _open(tmp_path)
+    _append(log, make_batch(records=3))
+    job = log.prepare_checkpoint()
+    assert job is not None
+    taken = log.end_position
+
+    # Appended after the job was taken: not covered by its sync.
+    _append(log, make_batch(records=2))
+    assert log.run_checkpoint(job)
+
+    state = _state(tmp_path / "orders-3")
+    assert (state["clean_segment_base_offset"], state["clean_position"]) == (0, taken)
+    assert taken < log.end_position
+    log.close()
+
+
+def test_prepare_checkpoint_returns_none_when_nothing_changed(tmp_path: Path) -> None:
+    log = _open(tmp_path)
+    _append(log, make_batch())
+    job = log.prepare_checkpoint()
+    assert job is not None and log.run_checkpoint(job)
+
+    assert log.prepare_checkpoint() is None
+    log.close()
+
+
+@pytest.mark.parametrize("change", ["truncate", "close"])
+def test_run_checkpoint_records_nothing_after_truncation_or_close(
+    tmp_path: Path, change: str
+) -> None:
+    log = _open(tmp_path)
+    for _ in range(3):
+        _append(log, make_batch(records=2))
+    job = log.prepare_checkpoint()
+    assert job is not None
+    if change == "truncate":
+        log.truncate_to(2)
+    else:
+        log.close()
+    recorded = _state(tmp_path / "orders-3")
+
+    # The job's clean point lies past the cut (or the files are closed).
+    assert not log.run_checkpoint(job)
+    assert _state(tmp_path / "orders-3") == recorded
+    if change == "truncate":
+        assert recorded["clean_position"] == log.end_position
+        log.close()
+
+
+def test_checkpoint_syncs_segments_a_pending_job_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = _open(tmp_path)
+    _append(log, make_batch(records=2))
+    job = log.prepare_checkpoint()
+    assert job is not None
+    synced: list[str] = []
+    original = os.fdatasync
+
+    def recording(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        original(fd)
+
+    monkeypatch.setattr(os, "fdatasync", recording)
+
+    # The job has not run: the synchronous checkpoint must sync its segment
+    # before its clean point covers those bytes.
+    log.checkpoint()
+
+    assert any(path.endswith(f"{0:020d}.log") for path in synced)
+    assert _state(tmp_path / "orders-3")["clean_position"] == log.end_position
+    assert not log.run_checkpoint(job)  # superseded by the checkpoint
+    log.close()
+
+
+def test_run_checkpoint_fdatasync_failure_is_sticky(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = _open(tmp_path)
+    _append(log, make_batch())
+    recorded = _state(tmp_path / "orders-3")
+    job = log.prepare_checkpoint()
+    assert job is not None
+
+    def failing_fdatasync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+    with pytest.raises(LogStorageError, match="fdatasync failed"):
+        log.run_checkpoint(job)
+    monkeypatch.undo()
+
+    assert _state(tmp_path / "orders-3") == recorded
+    with pytest.raises(LogStorageError, match="fdatasync failed"):
+        log.flush()
+    with pytest.raises(LogStorageError, match="fdatasync failed"):
+        _append(log, make_batch())
+    log.close()
+
+
+def test_flush_skips_index_files_without_new_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = _open(tmp_path, index_interval_bytes=1 << 20)
+    _append(log, make_batch())
+    log.flush()
+    synced: list[str] = []
+    original = os.fdatasync
+
+    def recording(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        original(fd)
+
+    monkeypatch.setattr(os, "fdatasync", recording)
+
+    # No index entry: only the .log is synced.
+    _append(log, make_batch())
+    log.flush()
+    assert [Path(path).suffix for path in synced] == [".log"]
+    log.close()
+
+
+def test_checkpoints_in_another_thread_keep_rolls_and_retention_safe(
+    tmp_path: Path,
+) -> None:
+    """A thread runs checkpoint jobs while this one appends, rolls and
+    deletes segments; every job ends without error and recovery after the
+    last clean point finds every batch."""
+    import threading
+
+    log = _open(tmp_path, segment_bytes=2_000, index_interval_bytes=100)
+    jobs: list[Any] = []
+    errors: list[BaseException] = []
+    ready = threading.Event()
+    stop = threading.Event()
+
+    def flusher() -> None:
+        # Bounded by stop (set below) and by 20 s.
+        deadline = 20.0
+        while not stop.is_set() and deadline > 0:
+            if not ready.wait(0.01):
+                deadline -= 0.01
+                continue
+            ready.clear()
+            try:
+                log.run_checkpoint(jobs[-1])
+            except BaseException as exc:  # reported to the test thread
+                errors.append(exc)
+            jobs.append(None)
+
+    thread = threading.Thread(target=flusher)
+    thread.start()
+    try:
+        for number in range(300):
+            _append(log, make_batch(records=1 + number % 3, value_size=40))
+            if number % 7 == 0 and (not jobs or jobs[-1] is None):
+                job = log.prepare_checkpoint()
+                if job is not None:
+                    jobs.append(job)
+                    ready.set()
+            if number % 50 == 49:
+                log.enforce_retention(now_ms=1 << 60)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert errors == []
+    end = log.log_end_offset
+    start = log.log_start_offset
+    log.close(checkpoint=False)
+
+    reopened = _open(tmp_path, segment_bytes=2_000, index_interval_bytes=100)
+    assert reopened.recovery.removed == ()
+    assert (reopened.log_start_offset, reopened.log_end_offset) == (start, end)
+    reopened.close()

@@ -100,6 +100,7 @@ class Completion:
     base_offset: int
     log_start_offset: int
     error_code: int
+    log_append_time: int = -1
 
 
 @dataclass(frozen=True)
@@ -238,15 +239,18 @@ class NetSide:
                 rows = receiver.receive()
                 if not len(rows):
                     break
-                for request_id, partition, base, start, error in zip(
+                for request_id, partition, base, start, error, append_time in zip(
                     rows["request_id"].tolist(),
                     rows["partition"].tolist(),
                     rows["base_offset"].tolist(),
                     rows["log_start_offset"].tolist(),
                     rows["error_code"].tolist(),
+                    rows["log_append_time"].tolist(),
                     strict=True,
                 ):
-                    completion = Completion(request_id, partition, base, start, error)
+                    completion = Completion(
+                        request_id, partition, base, start, error, append_time
+                    )
                     previous = self.completions.get(request_id)
                     if previous is not None:
                         # A restarted writer may post an answer twice; it

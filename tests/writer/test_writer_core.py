@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from broker.log.batch import TIMESTAMP_TYPE_BIT, parse_header, validate_batch
 from broker.log.partition import PartitionLog
 from broker.producer_state import list_snapshot_offsets
 from broker.writer_core import WriterCore
@@ -42,13 +43,28 @@ def _count_calls(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> Coun
     return calls
 
 
+def _count_log_syncs(monkeypatch: pytest.MonkeyPatch) -> Counter:
+    """Count fdatasync calls on segment ``.log`` files (index files are
+    synced beside them when they changed)."""
+    calls: Counter = Counter()
+    original = os.fdatasync
+
+    def counting(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".log"):
+            calls["fdatasync"] += 1
+        original(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting)
+    return calls
+
+
 def test_turn_appends_once_and_syncs_once_per_partition(
     broker: InProcessBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     indexes = broker.create_topic("orders", 3)
     broker.start_core()
     appends = _count_calls(monkeypatch, PartitionLog, "append_assigned")
-    syncs = _count_calls(monkeypatch, os, "fdatasync")
+    syncs = _count_log_syncs(monkeypatch)
 
     # 60 batches over 3 partitions and 2 rings, all in one turn; acks=-1 on
     # partitions 0 and 1 only.
@@ -457,11 +473,78 @@ def test_background_checkpoints_written_partitions_every_flush_interval(
         before = json.loads(state.read_text())["clean_position"]
         assert list_snapshot_offsets(directory) == []
         broker.core.background(now=time.monotonic() + 1)
+        # The flusher thread writes the clean point; collecting its report
+        # snapshots the producer state.
+        assert broker.core.partitions.wait_for_checkpoints(10) == 1
         after = json.loads(state.read_text())["clean_position"]
         assert before == 0
         assert after == read_log(broker.data_dir, "orders", 0)[-1].size
         # The producer state changed: the checkpoint snapshots it too.
         assert list_snapshot_offsets(directory) == [done.base_offset + 1]
+    finally:
+        broker.close()
+
+
+def test_background_checkpoints_only_partitions_written_since_their_last(
+    tmp_path: Path,
+) -> None:
+    broker = InProcessBroker(tmp_path, flush_ms=50)
+    try:
+        indexes = broker.create_topic("orders", 3)
+        broker.start_core()
+        partitions = broker.core.partitions
+        states = [broker.data_dir / f"orders-{n}" / "log-state.json" for n in range(3)]
+
+        def stamps() -> list[int]:
+            return [path.stat().st_ino for path in states]
+
+        broker.send_and_turn(0, indexes[0], [make_batch(1)])
+        broker.core.background(now=time.monotonic() + 1)
+        assert partitions.wait_for_checkpoints(10) == 1
+        first = stamps()
+
+        # Only partition 1 was written since: only its state file changes
+        # (each write renames a new file over the old one).
+        broker.send_and_turn(0, indexes[1], [make_batch(2)])
+        broker.core.background(now=time.monotonic() + 2)
+        assert partitions.wait_for_checkpoints(10) == 1
+        second = stamps()
+        assert [a != b for a, b in zip(first, second, strict=True)] == [
+            False,
+            True,
+            False,
+        ]
+
+        # Nothing written: no job at all.
+        broker.core.background(now=time.monotonic() + 3)
+        assert partitions.flusher.outstanding == 0
+        assert stamps() == second
+    finally:
+        broker.close()
+
+
+def test_background_checkpoint_sync_failure_takes_partition_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = InProcessBroker(tmp_path, flush_ms=50)
+    try:
+        [index] = broker.create_topic("orders", 1)
+        broker.start_core()
+        broker.send_and_turn(0, index, [make_batch(1)])
+
+        def failing_fdatasync(fd: int) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+        broker.core.background(now=time.monotonic() + 1)
+        # The flusher thread met the error; collecting its report fails the
+        # partition on the main thread.
+        assert broker.core.partitions.wait_for_checkpoints(10) == 0
+        monkeypatch.undo()
+        assert broker.row(index)["state"] == STATE_OFFLINE
+
+        [refused] = broker.send_and_turn(0, index, [make_batch(2)])
+        assert refused.error_code == ErrorCode.KAFKA_STORAGE_ERROR
     finally:
         broker.close()
 
@@ -550,3 +633,102 @@ def test_internal_fault_is_contained_to_its_partition(
     broker.core.background(now=time.monotonic() + REOPEN_FIRST_S + 0.1)
     [healed] = broker.send_and_turn(1, bad, [make_batch(3)])
     assert (healed.error_code, healed.base_offset) == (0, 0)
+
+
+def _stored_bytes(data_dir: Path, topic: str) -> list[bytes]:
+    stored = read_log(data_dir, topic, 0)
+    data = b"".join(
+        p.read_bytes() for p in sorted((data_dir / f"{topic}-0").glob("*.log"))
+    )
+    return [bytes(data[b.position : b.position + b.size]) for b in stored]
+
+
+def test_turn_stamps_log_append_time_topic_and_answers_with_its_time(
+    broker: InProcessBroker,
+) -> None:
+    [stamped] = broker.create_topic(
+        "stamped", 1, {"message.timestamp.type": "LogAppendTime"}
+    )
+    [plain] = broker.create_topic("plain", 1, {"message.timestamp.type": "CreateTime"})
+    broker.start_core()
+    sent = [make_batch(number, records=3) for number in range(4)]
+
+    before = int(time.time() * 1000)
+    ids = broker.net.send(0, stamped, sent[:2], publish=False)
+    ids += broker.net.send(0, plain, sent[2:], publish=False)
+    broker.net.send(1, stamped, [sent[0]], publish=False)
+    for sender in broker.net.senders:
+        sender.publish()
+    completions = broker.net.wait_for(ids, 5.0, pump=broker.turn)
+    after = int(time.time() * 1000)
+
+    first, second, third, fourth = completions
+    assert all(c.error_code == 0 for c in completions)
+    assert before <= first.log_append_time <= after
+    assert second.log_append_time == first.log_append_time
+    assert (third.log_append_time, fourth.log_append_time) == (-1, -1)
+
+    # Stamped on disk: bit 3, maxTimestamp = the answered time, a valid CRC,
+    # every other byte from 21 on as sent.
+    for stored, original in zip(
+        _stored_bytes(broker.data_dir, "stamped"), sent[:2] + sent[:1], strict=True
+    ):
+        header = parse_header(stored)
+        assert validate_batch(stored) is None
+        assert header.attributes == TIMESTAMP_TYPE_BIT
+        assert header.max_timestamp == first.log_append_time
+        assert stored[23:35] == original[23:35]
+        assert stored[43:] == original[43:]
+    # CreateTime batches are stored as sent, apart from baseOffset.
+    for stored, original in zip(
+        _stored_bytes(broker.data_dir, "plain"), sent[2:], strict=True
+    ):
+        assert stored[8:] == bytes(original[8:])
+
+    log = broker.core.partitions.get(stamped).log
+    assert log.offset_for_timestamp(first.log_append_time) == 0
+    assert log.offset_for_timestamp(first.log_append_time + 1) is None
+
+
+def test_restart_after_stop_answers_log_append_time_from_the_ring(
+    broker: InProcessBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [index] = broker.create_topic(
+        "stamped", 1, {"message.timestamp.type": "LogAppendTime"}
+    )
+    broker.start_core()
+    ids = broker.net.send(0, index, [make_batch(1), make_batch(2)])
+
+    def stop(*_: object) -> None:
+        raise _Stop
+
+    with monkeypatch.context() as patch:
+        patch.setattr(WriterCore, "_complete", stop)
+        with pytest.raises(_Stop):
+            broker.turn()
+
+    broker.restart_core()
+    done = broker.net.wait_for(ids, 5.0, pump=broker.turn)
+    assert broker.core.redelivered == 2
+    stamps = [
+        parse_header(b).max_timestamp for b in _stored_bytes(broker.data_dir, "stamped")
+    ]
+    assert [c.log_append_time for c in done] == stamps
+    assert stamps[0] > 0
+
+
+def test_turn_stamps_after_config_changes_to_log_append_time(
+    broker: InProcessBroker,
+) -> None:
+    [index] = broker.create_topic("orders", 1)
+    broker.start_core()
+    [created] = broker.send_and_turn(0, index, [make_batch(1)])
+    assert created.log_append_time == -1
+
+    broker.metadata.set_configs("orders", {"message.timestamp.type": "LogAppendTime"})
+    broker.core.partitions.reload_if_changed()
+    [appended] = broker.send_and_turn(0, index, [make_batch(2)])
+    assert appended.log_append_time > 0
+    old, new = _stored_bytes(broker.data_dir, "orders")
+    assert parse_header(old).attributes & TIMESTAMP_TYPE_BIT == 0
+    assert parse_header(new).max_timestamp == appended.log_append_time
