@@ -2,7 +2,7 @@
 metrics turned off.
 
 Usage: .venv/bin/python perf/bench_metrics.py [--rounds N] [--seconds S]
-       [--json FILE]
+       [--warmup N] [--json FILE]
 
 Two brokers run side by side on loopback, each in its own temporary data
 directory: one with ``RINGBUS_HTTP_PORT=0`` (no metrics process), one with
@@ -13,11 +13,23 @@ page does on load, and a Prometheus-style scraper reads ``/metrics`` every
 second. A real browser would add its own CPU use to this 2-core machine,
 which is the browser's cost, not the broker's.
 
-Each round runs the pipelined load generator (``python -m perf produce
---mode pipelined``) for ``--seconds`` against one broker, then the other,
-alternating which goes first, so a burst of load elsewhere hits both alike.
-The ratio is the median of "metrics on" over the median of "metrics off",
-from this one invocation. Target: >= 0.97.
+A warm-up round (both brokers, not counted) comes first: the first run
+on a fresh machine writes into page cache that is still free, and came out
+up to 1.5 times faster than the runs after it, which would favour
+whichever broker goes first. Each round runs the pipelined load generator
+(``python -m perf produce --mode pipelined``) for ``--seconds`` against one
+broker, then the other, alternating which goes first, so a burst of load
+elsewhere hits both alike. The ratio is the median of "metrics on" over the
+median of "metrics off", from this one invocation. Target: >= 0.97.
+
+Each round also records the CPU seconds every broker process used during
+the run (supervisor and children, from psutil; the metrics process
+included for the broker that has one), divided by the records produced:
+the broker's CPU cost per million records, printed per round and as a
+ratio of medians. It tells whether a gap in throughput comes with more
+work in the broker. Neither figure is steady on this shared 2-core
+machine: two brokers both without metrics (an A/A run) gave medians 3 %
+apart over six rounds, so a 3 % target needs many rounds to settle.
 """
 
 from __future__ import annotations
@@ -36,6 +48,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -86,6 +100,20 @@ class Broker:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
+
+    def cpu_seconds(self) -> dict[int, float]:
+        """User + system CPU seconds of the supervisor and each child, by
+        PID (a child that exits between the listing and the read is left
+        out)."""
+        seconds: dict[int, float] = {}
+        supervisor = psutil.Process(self.process.pid)
+        for process in [supervisor, *supervisor.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            seconds[process.pid] = times.user + times.system
+        return seconds
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -139,8 +167,8 @@ class OpenUi:
         self.stop_event.set()
 
 
-def produce(bootstrap: str, seconds: float, out: Path, name: str) -> float:
-    """Records per second of one pipelined produce run."""
+def produce(bootstrap: str, seconds: float, out: Path, name: str) -> tuple[int, float]:
+    """Records produced and their seconds, of one pipelined produce run."""
     subprocess.run(
         [
             PYTHON,
@@ -170,13 +198,22 @@ def produce(bootstrap: str, seconds: float, out: Path, name: str) -> float:
     )
     document = json.loads((out / f"{name}.json").read_text())
     measurement = document["measurements"][0]
-    return float(measurement["records"]) / float(measurement["seconds"])
+    return int(measurement["records"]), float(measurement["seconds"])
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two readings by the processes in both (a
+    child restarted in between would be missing from one: left out)."""
+    return sum(after[pid] - before[pid] for pid in after.keys() & before.keys())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="uncounted rounds before the first"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -188,17 +225,31 @@ def main() -> None:
         on = Broker(metrics=True, directory=root / "on")
         ui = OpenUi(on.http_port).start()
         rates: dict[str, list[float]] = {"off": [], "on": []}
+        # Broker CPU seconds per million records, per round.
+        costs: dict[str, list[float]] = {"off": [], "on": []}
         try:
+            for warmup in range(args.warmup):
+                for label, broker in (("off", off), ("on", on)):
+                    produce(
+                        broker.bootstrap, args.seconds, root, f"warm-{label}-{warmup}"
+                    )
             for round_number in range(args.rounds):
                 order = [("off", off), ("on", on)]
                 if round_number % 2:
                     order.reverse()
                 for label, broker in order:
-                    rate = produce(
+                    before = broker.cpu_seconds()
+                    records, seconds = produce(
                         broker.bootstrap, args.seconds, root, f"{label}-{round_number}"
                     )
-                    rates[label].append(rate)
-                    print(f"round {round_number + 1} {label}: {rate:,.0f} records/s")
+                    cost = cpu_used(before, broker.cpu_seconds()) / records * 1e6
+                    rates[label].append(records / seconds)
+                    costs[label].append(cost)
+                    print(
+                        f"round {round_number + 1} {label}:"
+                        f" {records / seconds:,.0f} records/s,"
+                        f" broker CPU {cost:.2f} s per million records"
+                    )
         finally:
             ui.stop()
             off.stop()
@@ -207,11 +258,17 @@ def main() -> None:
     median_off = statistics.median(rates["off"])
     median_on = statistics.median(rates["on"])
     ratio = median_on / median_off
+    cost_off = statistics.median(costs["off"])
+    cost_on = statistics.median(costs["on"])
     load = os.getloadavg()
     print(
         f"metrics off {median_off:,.0f} records/s, on with an open UI"
         f" {median_on:,.0f} records/s: ratio {ratio:.3f} (target 0.97);"
         f" UI events {ui.events}, scrapes {ui.scrapes}; load average {load[0]:.1f}"
+    )
+    print(
+        f"broker CPU per million records: off {cost_off:.2f} s, on {cost_on:.2f} s;"
+        f" cost ratio off / on {cost_off / cost_on:.3f}"
     )
     if args.json:
         result: dict[str, Any] = {
@@ -219,6 +276,8 @@ def main() -> None:
             "median_off": median_off,
             "median_on": median_on,
             "ratio": ratio,
+            "cpu_seconds_per_million": costs,
+            "cost_ratio": cost_off / cost_on,
             "ui_events": ui.events,
             "scrapes": ui.scrapes,
             "load_average": load,
