@@ -446,7 +446,8 @@ class FetchCursor:
     response (the records its whole batches held). A response counts only
     the offsets from ``next_offset`` on; one that starts beyond
     ``next_offset`` (the step overshot) counts nothing and rewinds the
-    requests to ``next_offset``. Done when ``next_offset`` reaches ``end``.
+    requests to ``next_offset``, and so does the last response in flight
+    when it stops short. Done when ``next_offset`` reaches ``end``.
     """
 
     def __init__(self, start: int, end: int) -> None:
@@ -507,7 +508,16 @@ class FetchCursor:
                 self._last_covered = covered
         if overshot or not batches:
             self.wasted_responses += 1
-        if overshot or not batches or self._request_offset < self.next_offset:
+        # Rewind when the requests ran past what was counted and no response
+        # in flight can fill the gap: an overshoot, an empty response, or the
+        # last response stopping short (at a segment end or a byte limit)
+        # while the next request offset is already at or past the end.
+        if (
+            overshot
+            or not batches
+            or self._request_offset < self.next_offset
+            or self.in_flight == 0
+        ):
             self._request_offset = self.next_offset
         return records, nbytes
 

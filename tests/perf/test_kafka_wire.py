@@ -241,6 +241,25 @@ def test_fetch_cursor_rewinds_when_a_response_starts_beyond_next_offset() -> Non
     assert cursor.next_request() == 15
 
 
+def test_fetch_cursor_asks_again_when_the_last_response_stops_short() -> None:
+    cursor = FetchCursor(0, 35)
+    assert cursor.next_request() == 0
+    assert cursor.on_response(0, [(0, 9, 100), (10, 19, 100)]) == (20, 200)
+    # The step (7/8 of 20 records) puts the next request at 20 and the one
+    # after at 37, past the end: only 20 goes out.
+    assert [cursor.next_request() for _ in range(2)] == [20, None]
+
+    # The response to 20 stops at 29 (its segment ends there; the batch at
+    # 30 is in the next one). Nothing is in flight that would reach 30, so
+    # the cursor asks for 30 rather than wait for a response that never
+    # comes.
+    assert cursor.on_response(20, [(20, 29, 100)]) == (10, 100)
+    assert not cursor.done
+    assert cursor.next_request() == 30
+    assert cursor.on_response(30, [(30, 34, 50)]) == (5, 50)
+    assert cursor.done
+
+
 def test_fetch_cursor_counts_the_tail_of_a_batch_when_offset_is_inside() -> None:
     cursor = FetchCursor(5, 20)
     assert cursor.next_request() == 5
