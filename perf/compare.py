@@ -1,16 +1,23 @@
 """The ``compare`` subcommand: Ringbus, Redis Streams, NATS JetStream and the
 machine's limits, the same workload shapes, in one run.
 
-Per record size (``--sizes``, default 100 B and 1 KiB), in this order:
+First the latency pair, every size, on a machine that has not yet written
+the gigabytes of the throughput phases: end-to-end latency at ``--rate`` for
+``--latency-seconds`` through Ringbus (a broker started for it alone), then
+through Redis Streams (fixed-rate XADD, a server started for it alone).
+Both run in the same state, since the writeback and page-cache churn the
+throughput phases leave behind moved Redis p99 from 2.6 ms (alone) to
+12 ms (after them) in one pair of runs on this machine.
+
+Then, per record size (``--sizes``, default 100 B and 1 KiB), in this order:
 
 1. Ringbus (one broker started here, a new topic per phase):
    confluent-kafka produce and consume (``--records``), kcat produce and
    consume (``--native-records``), the pipelined generator with 64 KiB
    batches for ``--pipelined-seconds`` followed by a raw pipelined fetch of
-   what it wrote, and end-to-end latency at ``--rate`` for
-   ``--latency-seconds``;
+   what it wrote;
 2. Redis Streams (``perf.peers.redis_streams``): XADD pipeline 1000, XREAD
-   COUNT 10000, redis-benchmark ``-c 50 -P 100`` XADD, fixed-rate latency;
+   COUNT 10000, redis-benchmark ``-c 50 -P 100`` XADD;
 3. NATS JetStream (``perf.peers.nats_jetstream``): acked publish (both
    client ways), pull consume.
 
@@ -154,6 +161,70 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # -- Ringbus ---------------------------------------------------------------------
 
 
+class _RingbusPhases:
+    """Runs Ringbus phases at one size: each after ``sync``, its
+    measurements kept with the broker's description, a failing phase
+    costing its figures, not the run."""
+
+    def __init__(
+        self,
+        target: BrokerTarget,
+        context: RunContext,
+        size: int,
+        result: RunResult,
+    ) -> None:
+        self.target = target
+        self.context = context
+        self.size = size
+        self.result = result
+
+    def keep(self, m: Measurement) -> None:
+        m.params["broker"] = self.target.describe()
+        self.result.measurements.append(m)
+        note_measurement(self.context, m)
+
+    def phase(self, name: str, work: Any) -> Any:
+        settle_writeback()
+        try:
+            with failures_as_perf_errors(name):
+                return work()
+        except PerfError as exc:
+            self.result.errors.append(f"{SYSTEM} {name} {self.size} B: {exc}")
+            self.context.progress.note(
+                f"[bold red]{name} {self.size} B failed:[/] {exc}"
+            )
+            self.target.check_alive()
+            return None
+
+
+def _ringbus_latency(
+    target: BrokerTarget,
+    args: argparse.Namespace,
+    context: RunContext,
+    size: int,
+    result: RunResult,
+) -> None:
+    """The fixed-rate end-to-end latency run at one size."""
+    phases = _RingbusPhases(target, context, size, result)
+    latencies = phases.phase(
+        "latency",
+        lambda: measure_latency(
+            target,
+            record_bytes=size,
+            rate_per_s=args.rate,
+            seconds=args.latency_seconds,
+            acks=args.acks,
+            linger_ms=1.0,
+            fetch_wait_ms=100,
+            topic_prefix=args.topic,
+            clock=context.clock,
+            profile=args.profile,
+        ),
+    )
+    for m in latencies or []:
+        phases.keep(m)
+
+
 def _ringbus_size(
     target: BrokerTarget,
     args: argparse.Namespace,
@@ -161,26 +232,11 @@ def _ringbus_size(
     size: int,
     result: RunResult,
 ) -> int:
-    """Every Ringbus phase at one size; returns the bytes the pipelined run
-    wrote (for the page-cache limit)."""
+    """Every Ringbus throughput phase at one size; returns the bytes the
+    pipelined run wrote (for the page-cache limit)."""
     profile = args.profile
-
-    def keep(m: Measurement) -> None:
-        m.params["broker"] = target.describe()
-        result.measurements.append(m)
-        note_measurement(context, m)
-
-    def phase(name: str, work: Any) -> Any:
-        # One failing phase costs its figures, not the run.
-        settle_writeback()
-        try:
-            with failures_as_perf_errors(name):
-                return work()
-        except PerfError as exc:
-            result.errors.append(f"{SYSTEM} {name} {size} B: {exc}")
-            context.progress.note(f"[bold red]{name} {size} B failed:[/] {exc}")
-            target.check_alive()
-            return None
+    phases = _RingbusPhases(target, context, size, result)
+    keep, phase = phases.keep, phases.phase
 
     # confluent-kafka produce, then consume what it wrote.
     topic = new_topic(args.topic)
@@ -291,39 +347,63 @@ def _ringbus_size(
         )
         if consumed is not None:
             keep(consumed)
-
-    latencies = phase(
-        "latency",
-        lambda: measure_latency(
-            target,
-            record_bytes=size,
-            rate_per_s=args.rate,
-            seconds=args.latency_seconds,
-            acks=args.acks,
-            linger_ms=1.0,
-            fetch_wait_ms=100,
-            topic_prefix=args.topic,
-            clock=context.clock,
-            profile=profile,
-        ),
-    )
-    for m in latencies or []:
-        keep(m)
     return written
 
 
 # -- peers -----------------------------------------------------------------------
 
 
-def _redis(args: argparse.Namespace, context: RunContext, result: RunResult) -> None:
+def _redis_missing(result: RunResult) -> bool:
     from perf.peers import missing_requirement
-    from perf.peers import redis_streams as rs
 
     reason = missing_requirement(
         ("redis-server", "redis-benchmark"), "redis", "apt-get install redis-server"
     )
     if reason is not None:
         result.skipped.append(Skipped("redis", reason))
+    return reason is not None
+
+
+def _redis_latency(
+    args: argparse.Namespace, context: RunContext, result: RunResult
+) -> None:
+    """Fixed-rate XADD latency at every size, on a server of its own."""
+    from perf.peers import redis_streams as rs
+
+    if _redis_missing(result):
+        return
+    with rs.start_server() as server:
+        port = server.port
+        for size in args.sizes:
+            before = rs.aof_rewrites(port)
+            settle_writeback()
+            phase = context.progress.phase(
+                f"redis latency {size} B", int(args.rate * args.latency_seconds)
+            )
+            latencies = rs.latency(
+                port,
+                f"perf-latency-{size}",
+                size,
+                args.rate,
+                args.latency_seconds,
+                10_000,
+                context.clock,
+                phase,
+            )
+            phase.finish()
+            rs.delete_stream(port, f"perf-latency-{size}")
+            rewrites = rs.aof_rewrites(port) - before
+            for m in latencies:
+                m.params["aof_rewrites_during_size"] = rewrites
+                result.measurements.append(m)
+                note_measurement(context, m)
+
+
+def _redis(args: argparse.Namespace, context: RunContext, result: RunResult) -> None:
+    """Redis throughput phases at every size (latency: ``_redis_latency``)."""
+    from perf.peers import redis_streams as rs
+
+    if _redis_missing(result):
         return
     clock = context.clock
     with rs.start_server() as server:
@@ -348,24 +428,8 @@ def _redis(args: argparse.Namespace, context: RunContext, result: RunResult) -> 
             native = rs.native_benchmark(
                 port, size, args.native_records, 50, 100, args.seconds * 4
             )
-            settle_writeback()
-            phase = context.progress.phase(
-                f"redis latency {size} B", int(args.rate * args.latency_seconds)
-            )
-            latencies = rs.latency(
-                port,
-                f"perf-latency-{size}",
-                size,
-                args.rate,
-                args.latency_seconds,
-                10_000,
-                clock,
-                phase,
-            )
-            phase.finish()
-            rs.delete_stream(port, f"perf-latency-{size}")
             rewrites = rs.aof_rewrites(port) - before
-            for m in [produced, consumed, native, *latencies]:
+            for m in [produced, consumed, native]:
                 m.params["aof_rewrites_during_size"] = rewrites
                 result.measurements.append(m)
                 note_measurement(context, m)
@@ -536,18 +600,10 @@ def run(args: argparse.Namespace, context: RunContext) -> RunResult:
         raise PerfError(f"--sizes: each size must be >= {STAMP.size} B")
 
     result = RunResult()
-    written = 0
-    if "ringbus" in systems:
-        with broker_target(args) as target:
-            for size in args.sizes:
-                written = max(
-                    written, _ringbus_size(target, args, context, size, result)
-                )
 
-    peer_errors: list[type[Exception]] = [PerfError, ServerStartError, OSError]
-    for name, runner in (("redis", _redis), ("nats", _nats)):
-        if name not in systems:
-            continue
+    def run_peer(name: str, runner: Any) -> None:
+        """One peer's phases; its failure costs its figures, not the run."""
+        peer_errors: list[type[Exception]] = [PerfError, ServerStartError, OSError]
         try:
             if name == "redis":
                 from perf.peers.redis_streams import client_errors
@@ -561,6 +617,26 @@ def run(args: argparse.Namespace, context: RunContext) -> RunResult:
         except handled as exc:
             result.errors.append(f"{name}: {exc}")
             context.progress.note(f"[bold red]{name} failed:[/] {exc}")
+
+    # The latency pair first (see the module docstring).
+    if "ringbus" in systems:
+        with broker_target(args) as target:
+            for size in args.sizes:
+                _ringbus_latency(target, args, context, size, result)
+    if "redis" in systems:
+        run_peer("redis", _redis_latency)
+
+    written = 0
+    if "ringbus" in systems:
+        with broker_target(args) as target:
+            for size in args.sizes:
+                written = max(
+                    written, _ringbus_size(target, args, context, size, result)
+                )
+    if "redis" in systems:
+        run_peer("redis", _redis)
+    if "nats" in systems:
+        run_peer("nats", _nats)
 
     if "limits" in systems:
         # As much new data as the largest pipelined run wrote (1 GiB when
