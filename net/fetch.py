@@ -31,9 +31,16 @@ high watermark (it wakes this process through its eventfd when the
 passes; it is then evaluated again and answered in its place in the
 connection's response order.
 
-LIMITATION: every response names every requested partition and uses
-session id 0 (stateless fetch); incremental fetch sessions (KIP-227) are
-not kept, so clients always send full fetch requests.
+Fetch v7+ clients may keep an incremental fetch session (KIP-227): the
+request's session id and epoch pick a ``FetchContext`` from this process's
+``FetchSessionCache`` (``net.fetch_session``) when the request arrives. The
+context says which partitions to read (the request's, or all of the
+session's with their cached fetch offsets) and, once, when the answer is
+built, which of them the answer names: a full fetch names every requested
+partition, an incremental one only those that changed. A parked fetch is
+re-evaluated without touching the session; only the answer sent updates it.
+A session error (unknown id, wrong epoch) is answered at once with the
+top-level error code and no partitions.
 """
 
 from __future__ import annotations
@@ -50,6 +57,14 @@ from broker.log.records import RecordsError, find_record_in_file
 from broker.log.segment import SegmentReader, list_segment_base_offsets
 from broker.logs import event
 from net.connection import Connection, ResponseSlot
+from net.fetch_session import (
+    ERROR,
+    FINAL_EPOCH,
+    INVALID_SESSION_ID,
+    CachedPartition,
+    FetchContext,
+    FetchSessionCache,
+)
 from net.kafka import codec
 from net.kafka.codec import FileRange, RequestHeader
 from net.kafka.errors import ErrorCode
@@ -110,13 +125,22 @@ class PartitionFiles:
 
 
 class ParkedFetch:
-    __slots__ = ("body", "connection", "deadline", "header", "slot", "started_ns")
+    __slots__ = (
+        "body",
+        "connection",
+        "context",
+        "deadline",
+        "header",
+        "slot",
+        "started_ns",
+    )
 
     def __init__(
         self,
         connection: Connection,
         header: RequestHeader,
         body: dict[str, Any],
+        context: FetchContext,
         slot: ResponseSlot,
         deadline: float,
         started_ns: int,
@@ -124,9 +148,29 @@ class ParkedFetch:
         self.connection = connection
         self.header = header
         self.body = body
+        self.context = context
         self.slot = slot
         self.deadline = deadline
         self.started_ns = started_ns
+
+
+class Built:
+    """One evaluation of a fetch: the partitions read, one result each, and
+    the record bytes and (estimated) records they hold."""
+
+    __slots__ = ("entries", "records", "results", "size")
+
+    def __init__(
+        self,
+        entries: list[CachedPartition],
+        results: list[dict[str, Any]],
+        size: int,
+        records: int,
+    ) -> None:
+        self.entries = entries
+        self.results = results
+        self.size = size
+        self.records = records
 
 
 class FetchPath:
@@ -145,6 +189,7 @@ class FetchPath:
         self.files: dict[int, PartitionFiles] = {}
         self.parked: list[ParkedFetch] = []
         self.timer: Any = None
+        self.sessions = FetchSessionCache(process.index)
 
         counters = process.memory.counters
         self.counters = process.runtime.counters
@@ -181,14 +226,28 @@ class FetchPath:
     ) -> None:
         started = time.monotonic_ns()
         slot = connection.reserve_slot()
-        response, size = self._build(header, body)
+
+        # The session is looked up, its epoch checked and moved on, once,
+        # here; re-evaluations of a parked fetch reuse this context.
+        context = self.sessions.new_context(
+            body.get("session_id", INVALID_SESSION_ID),
+            body.get("session_epoch", FINAL_EPOCH),
+            body["topics"],
+            body.get("forgotten_topics_data") or [],
+        )
+        if context.kind == ERROR:
+            nothing = Built([], [], 0, 0)
+            self._answer(connection, header, slot, context, nothing, started)
+            return
+
+        built = self._build(context, body)
         max_wait = max(0, body["max_wait_ms"])
-        if size >= body["min_bytes"] or max_wait == 0 or response is None:
-            self._answer(connection, header, slot, body, response, started)
+        if built.size >= body["min_bytes"] or max_wait == 0:
+            self._answer(connection, header, slot, context, built, started)
             return
         deadline = time.monotonic() + max_wait / 1000
         self.parked.append(
-            ParkedFetch(connection, header, body, slot, deadline, started)
+            ParkedFetch(connection, header, body, context, slot, deadline, started)
         )
         self._publish_parked()
         self._schedule_timer()
@@ -198,71 +257,75 @@ class FetchPath:
         connection: Connection,
         header: RequestHeader,
         slot: ResponseSlot,
-        body: dict[str, Any],
-        response: dict[str, Any] | None,
+        context: FetchContext,
+        built: Built,
         started_ns: int,
     ) -> None:
-        if response is None:
-            response, _ = self._build(header, body)
-        assert response is not None
+        """Send the answer for ``built``: the only place a fetch's session
+        is updated and its bytes and records are counted."""
+        error_code, session_id, topics_out = context.finish(
+            built.entries, built.results
+        )
+        if built.size:
+            self.counters.add(self.c_fetch_bytes, built.size)
+            self.counters.add(self.c_fetch_records, built.records)
+
+        response = {
+            "throttle_time_ms": 0,
+            "error_code": error_code,
+            "session_id": session_id,
+            "responses": topics_out,
+        }
         chunks = codec.encode_response(
             ApiKey.FETCH, header.api_version, header.correlation_id, response
         )
-        self.process.request_done(
-            ApiKey.FETCH,
-            started_ns,
-            [p["error_code"] for t in response["responses"] for p in t["partitions"]],
-        )
+        error_codes = [p["error_code"] for t in topics_out for p in t["partitions"]]
+        if error_code:
+            error_codes.append(error_code)
+        self.process.request_done(ApiKey.FETCH, started_ns, error_codes)
         connection.complete(slot, chunks)
 
-    def _build(
-        self, header: RequestHeader, body: dict[str, Any]
-    ) -> tuple[dict[str, Any], int]:
-        """The response for the current state, and its record bytes."""
+    def _build(self, context: FetchContext, body: dict[str, Any]) -> Built:
+        """Read every partition of the fetch for the current state."""
         topics = self.process.topics
         response_budget = body.get("max_bytes", 0x7FFFFFFF)
         if response_budget <= 0:
             response_budget = 0x7FFFFFFF
+        entries = context.entries()
+        results: list[dict[str, Any]] = []
         total = 0
-        topics_out: list[dict[str, Any]] = []
-        for topic in body["topics"]:
-            name = topic["topic"]
-            partitions_out: list[dict[str, Any]] = []
-            topics_out.append({"topic": name, "partitions": partitions_out})
-            for request in topic["partitions"]:
-                partition = request["partition"]
-                result: dict[str, Any] = {
-                    "partition_index": partition,
-                    "error_code": 0,
-                    "high_watermark": -1,
-                    "last_stable_offset": -1,
-                    "log_start_offset": -1,
-                    "aborted_transactions": None,
-                    "preferred_read_replica": -1,
-                    "records": b"",
-                }
-                partitions_out.append(result)
-                index = topics.partition_index(name, partition)
-                if index is None:
-                    result["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
-                    continue
-                limit = min(request["partition_max_bytes"], response_budget - total)
-                sent = self._read_partition(
-                    index,
-                    name,
-                    partition,
-                    request["fetch_offset"],
-                    limit,
-                    result,
-                    first=total == 0,
-                )
-                total += sent
-        return {
-            "throttle_time_ms": 0,
-            "error_code": 0,
-            "session_id": 0,
-            "responses": topics_out,
-        }, total
+        records = 0
+        for entry in entries:
+            name = entry.topic
+            partition = entry.partition
+            result: dict[str, Any] = {
+                "partition_index": partition,
+                "error_code": 0,
+                "high_watermark": -1,
+                "last_stable_offset": -1,
+                "log_start_offset": -1,
+                "aborted_transactions": None,
+                "preferred_read_replica": -1,
+                "records": b"",
+            }
+            results.append(result)
+            index = topics.partition_index(name, partition)
+            if index is None:
+                result["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                continue
+            limit = min(entry.max_bytes, response_budget - total)
+            sent, count = self._read_partition(
+                index,
+                name,
+                partition,
+                entry.fetch_offset,
+                limit,
+                result,
+                first=total == 0,
+            )
+            total += sent
+            records += count
+        return Built(entries, results, total, records)
 
     def _read_partition(
         self,
@@ -273,11 +336,13 @@ class FetchPath:
         limit: int,
         result: dict[str, Any],
         first: bool,
-    ) -> int:
+    ) -> tuple[int, int]:
+        """Fill ``result`` for one partition; the record bytes it returns
+        and their estimated record count (counted when answered)."""
         row = self._row(index)
         if row is None:
             result["error_code"] = ErrorCode.NOT_LEADER_OR_FOLLOWER
-            return 0
+            return 0, 0
         log_start = int(row[self.f_start])
         high_watermark = int(row[self.f_hw])
         result["high_watermark"] = high_watermark
@@ -285,9 +350,9 @@ class FetchPath:
         result["log_start_offset"] = log_start
         if offset < log_start or offset > high_watermark:
             result["error_code"] = ErrorCode.OFFSET_OUT_OF_RANGE
-            return 0
+            return 0, 0
         if offset == high_watermark:
-            return 0
+            return 0, 0
 
         files = self._files(index, topic, partition)
         version = int(row[self.f_version])
@@ -297,7 +362,7 @@ class FetchPath:
         base = files.segment_for(offset)
         if base is None:
             result["error_code"] = ErrorCode.OFFSET_OUT_OF_RANGE
-            return 0
+            return 0, 0
 
         try:
             reader = files.reader(base)
@@ -324,19 +389,18 @@ class FetchPath:
             # Retention deleted the segment between the listing and now.
             files.refresh(-1)
             result["error_code"] = ErrorCode.OFFSET_OUT_OF_RANGE
-            return 0
+            return 0, 0
         if found is None:
-            return 0
+            return 0, 0
         position, batch = found
 
         # At least one whole batch, even above the limits (KIP-74).
         length = min(end - position, max(limit, 0))
         if length < batch.size:
             if not first and limit < batch.size:
-                return 0
+                return 0, 0
             length = batch.size
         result["records"] = FileRange(reader.fd, position, length)
-        self.counters.add(self.c_fetch_bytes, length)
 
         # Offsets are contiguous, so a range that reaches the high watermark
         # holds exactly high watermark - first base offset records.
@@ -345,8 +409,7 @@ class FetchPath:
         span = high_watermark - batch.base_offset
         if position + length < end:
             span = span * length // max(end - position, 1)
-        self.counters.add(self.c_fetch_records, span)
-        return length
+        return length, span
 
     # -- parking ----------------------------------------------------------------
 
@@ -372,14 +435,15 @@ class FetchPath:
         for parked in self.parked:
             if parked.connection.closed:
                 continue
-            response, size = self._build(parked.header, parked.body)
-            if size >= parked.body["min_bytes"] or now >= parked.deadline:
+            # Re-evaluating reads only; the session changes when answered.
+            built = self._build(parked.context, parked.body)
+            if built.size >= parked.body["min_bytes"] or now >= parked.deadline:
                 self._answer(
                     parked.connection,
                     parked.header,
                     parked.slot,
-                    parked.body,
-                    response,
+                    parked.context,
+                    built,
                     parked.started_ns,
                 )
             else:
