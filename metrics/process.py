@@ -36,7 +36,7 @@ from broker.logs import event
 from broker.process import ChildRuntime
 from metrics.api import MetricsApi
 from metrics.groups import GroupMonitor, GroupsSnapshot
-from metrics.prometheus import RingbusExposition
+from metrics.prometheus import RingbusCollector, registry_for
 from metrics.reader import BrokerReader, MetadataView
 from metrics.sampler import SAMPLE_INTERVAL_S, Sampler
 from metrics.server import MetricsServer
@@ -75,9 +75,9 @@ class MetricsProcess:
         )
         self.monitor = GroupMonitor(self.client)
         self.sampler = Sampler(self.reader, self.group_snapshot, runtime.counters)
-        exposition = RingbusExposition(self.reader, self.group_snapshot)
+        collector = RingbusCollector(self.reader, self.group_snapshot)
         self.api = MetricsApi(self.reader, self.sampler, self.group_snapshot, settings)
-        self.server = MetricsServer(self.api, exposition.render, runtime.counters)
+        self.server = MetricsServer(self.api, registry_for(collector), runtime.counters)
         self._control_failures = counters.counter_id("metrics_control_failures")
         self._last_failure_log = 0.0
 

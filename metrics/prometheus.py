@@ -1,6 +1,5 @@
-"""The broker's Prometheus families: the /metrics text, read from shared
-memory at scrape time, and the conversion of log-linear buckets to ``le``
-buckets.
+"""The broker's Prometheus families: a collector that reads shared memory at
+scrape time, and the conversion of log-linear buckets to ``le`` buckets.
 
 Names follow Prometheus conventions: the ``ringbus_`` prefix, base units in
 the name (``_seconds``, ``_bytes``), ``_total`` on counters. Once exported a
@@ -22,32 +21,32 @@ two). Prometheus gets a subset of their boundaries, so every cumulative
 - counts (batches, bytes per writev) are whole numbers: values below 2**k
   are the values ``le = 2**k - 1``.
 
-Cost: a scrape of 100 topics x 10 partitions and two groups committed on
-every partition (9,600 lines) takes about 3.5 ms of the metrics process
-(tests/metrics/test_bench.py); the label text is kept between scrapes (see
-"text exposition" below), the numbers are read and formatted each time.
-
-Imported by the metrics process; ``RingbusExposition.render`` runs on its
-event loop thread (not thread-safe: it keeps label caches).
+Imported by the metrics process; ``collect`` runs on its event loop thread.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from broker.layout import REQUEST_APIS, error_code_counter
-from metrics.groups import GroupInfo, GroupsSnapshot
+from metrics.groups import GroupsSnapshot, partition_lags
 from metrics.reader import (
     BrokerReader,
     HistogramState,
-    PartitionLayout,
+    PartitionState,
     ProcessState,
 )
 from shm.counters import bucket_bounds
@@ -75,28 +74,18 @@ _LATENCY_LE = [floatToGoString(upper / 1e6) for upper in LATENCY_UPPERS_US]
 _COUNT_LE = [floatToGoString(upper - 1) for upper in COUNT_UPPERS]
 
 
-def cumulative_counts(state: HistogramState, latency: bool) -> list[int]:
-    """Cumulative counts at each exported boundary, then the +Inf count
-    (the sum of the buckets, so never below the largest finite count, as
-    Prometheus requires). See the module docstring for the boundaries."""
-    cumulative = np.cumsum(state.buckets)
-    indexes = _LATENCY_INDEXES if latency else _COUNT_INDEXES
-    counts: list[int] = cumulative[indexes].tolist()
-    counts.append(int(cumulative[-1]))
-    return counts
-
-
-def le_names(latency: bool) -> list[str]:
-    """The ``le`` label values of ``cumulative_counts``, +Inf last."""
-    return [*(_LATENCY_LE if latency else _COUNT_LE), "+Inf"]
-
-
 def le_buckets(state: HistogramState, latency: bool) -> list[tuple[str, float]]:
-    """Cumulative ``(le, count)`` pairs, +Inf last."""
-    counts = cumulative_counts(state, latency)
-    return [
-        (le, float(count)) for le, count in zip(le_names(latency), counts, strict=True)
-    ]
+    """Cumulative ``(le, count)`` pairs, +Inf last (see module docstring).
+    The +Inf count is the sum of the buckets, so it always equals the
+    largest finite count or more, as Prometheus requires."""
+    cumulative = np.cumsum(state.buckets)
+    indexes, names = (
+        (_LATENCY_INDEXES, _LATENCY_LE) if latency else (_COUNT_INDEXES, _COUNT_LE)
+    )
+    counts = cumulative[indexes].tolist()
+    pairs = [(le, float(count)) for le, count in zip(names, counts, strict=True)]
+    pairs.append(("+Inf", float(cumulative[-1])))
+    return pairs
 
 
 @dataclass(frozen=True)
@@ -413,179 +402,32 @@ def broker_version() -> str:
         return "unknown"
 
 
-# -- text exposition -----------------------------------------------------------
-#
-# The text is written here rather than by prometheus_client's
-# ``generate_latest``, which builds a Sample (a dict of labels) per line and
-# escapes every label name on every scrape: 1000 partitions and two groups
-# took 50 ms a scrape, 80 % of it there. Here the label text of each
-# partition and (group, partition) is built once per topic metadata version
-# (per group: once per change of its committed partitions), and a scrape
-# formats the numbers only. The output is the same bytes prometheus_client
-# writes for the same samples (labels sorted by name, values as
-# ``floatToGoString``); tests/metrics/test_prometheus.py checks that by
-# parsing the text with ``prometheus_client.parser`` and writing it back
-# with ``generate_latest``.
-
-# Integers of this size or more are not exact as floats: formatted by
-# prometheus_client itself.
-_EXACT = 1 << 53
-# repr() of a float of at least this many digits before the point is
-# written with an exponent by floatToGoString (Go's %g switch): seven digits.
-_EXPONENT_FROM = 1_000_000
+def _scalar(family: Family) -> CounterMetricFamily | GaugeMetricFamily:
+    name, labels = PREFIX + family.name, list(family.labels)
+    if family.kind == "counter":
+        return CounterMetricFamily(name, family.help, labels=labels)
+    assert family.kind == "gauge", family
+    return GaugeMetricFamily(name, family.help, labels=labels)
 
 
-def integer_text(value: int) -> str:
-    """``floatToGoString(value)`` of an integer, without a float where the
-    float is exact."""
-    if -_EXACT < value < _EXPONENT_FROM:
-        return f"{value}.0"
-    if _EXPONENT_FROM <= value < _EXACT:
-        digits = str(value)
-        mantissa = f"{digits[0]}.{digits[1:]}0".rstrip("0.")
-        return f"{mantissa}e+{len(digits) - 1:02d}"
-    return str(floatToGoString(value))
+def _histogram(family: Family) -> HistogramMetricFamily:
+    assert family.kind == "histogram", family
+    return HistogramMetricFamily(
+        PREFIX + family.name, family.help, labels=list(family.labels)
+    )
 
 
-def number(value: int | float | np.integer | np.floating) -> str:
-    """``value`` as prometheus_client writes it (``floatToGoString``):
-    integers are exported as floats, ``12.0``, ``1.234567e+06``."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return integer_text(int(value))
-    return str(floatToGoString(value))
-
-
-def _integers(values: list[int]) -> list[str]:
-    """``integer_text`` of each, each ending the line; the common case
-    (below a million) without a call per value."""
-    return [
-        f"{value}.0\n"
-        if -_EXPONENT_FROM < value < _EXPONENT_FROM
-        else integer_text(value) + "\n"
-        for value in values
-    ]
-
-
-def escape_label_value(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def label_text(names: Sequence[str], values: Sequence[str]) -> str:
-    """``{name="value",...}`` with the names sorted, as prometheus_client
-    writes them; empty for no labels."""
-    if not names:
-        return ""
-    pairs = sorted(zip(names, values, strict=True))
-    return "{" + ",".join(f'{n}="{escape_label_value(v)}"' for n, v in pairs) + "}"
-
-
-def _header(family: Family) -> str:
-    name = exported_name(family)
-    text = family.help.replace("\\", r"\\").replace("\n", r"\n")
-    return f"# HELP {name} {text}\n# TYPE {name} {family.kind}\n"
-
-
-_HEADERS = {family.name: _header(family) for family in FAMILIES}
-
-
-@functools.cache
-def _bucket_prefixes(
-    family: Family, values: tuple[str, ...], latency: bool
-) -> list[str]:
-    """``name_bucket{...,le=".."} `` of each bucket of one histogram (a
-    bounded set: the families and the request APIs)."""
-    name = f"{PREFIX}{family.name}_bucket"
-    names = (*family.labels, "le")
-    return [f"{name}{label_text(names, (*values, le))} " for le in le_names(latency)]
-
-
-class _Text:
-    """The lines of one scrape, family by family."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-
-    def scalar(
-        self, family: Family, samples: Iterable[tuple[str, int | float]]
-    ) -> None:
-        """A counter or gauge: ``(label text, value)`` per sample."""
-        name = exported_name(family)
-        self.parts.append(_HEADERS[family.name])
-        self.parts.extend(
-            f"{name}{labels} {number(value)}\n" for labels, value in samples
-        )
-
-    def histogram(
-        self,
-        family: Family,
-        samples: Iterable[tuple[tuple[str, ...], HistogramState, bool]],
-    ) -> None:
-        """A histogram: ``(label values, state, is a latency)`` per sample;
-        ``le`` buckets, then ``_count`` (the +Inf bucket), then ``_sum``."""
-        name = PREFIX + family.name
-        self.parts.append(_HEADERS[family.name])
-        for values, state, latency in samples:
-            counts = cumulative_counts(state, latency)
-            prefixes = _bucket_prefixes(family, values, latency)
-            self.parts.extend(map(str.__add__, prefixes, _integers(counts)))
-            labels = label_text(family.labels, values)
-            total = state.total / 1e6 if latency else state.total
-            self.parts.append(f"{name}_count{labels} {integer_text(counts[-1])}\n")
-            self.parts.append(f"{name}_sum{labels} {number(total)}\n")
-
-    def prefixed(self, family: Family, prefixes: list[str], values: list[str]) -> None:
-        """Samples whose ``name{labels} `` text was built beforehand."""
-        self.parts.append(_HEADERS[family.name])
-        self.parts.extend(map(str.__add__, prefixes, values))
-
-    def encode(self) -> bytes:
-        return "".join(self.parts).encode()
-
-
-# The partition families fed from partition state table columns.
-_PARTITION_COLUMNS = (
-    (PARTITION_FAMILIES[2], "log_start_offset"),
-    (PARTITION_FAMILIES[3], "log_end_offset"),
-    (PARTITION_FAMILIES[4], "high_watermark"),
-    (PARTITION_FAMILIES[5], "size_bytes"),
-)
-_ONLINE = PARTITION_FAMILIES[6]
-_ONLINE_STATE = 1  # metrics.reader.PARTITION_STATES
-
-
-@dataclass(frozen=True)
-class _PartitionLabels:
-    """``name{partition="..",topic=".."} `` of each partition family, for
-    one layout."""
-
-    layout: PartitionLayout
-    prefixes: dict[str, list[str]]
-
-
-@dataclass(frozen=True)
-class _GroupLabels:
-    """One group's committed partitions that exist, in (topic, partition)
-    order, with their positions in the layout and their sample prefixes."""
-
-    layout: PartitionLayout
-    committed: frozenset[tuple[str, int]]
-    keys: list[tuple[str, int]]
-    positions: npt.NDArray[np.intp]
-    committed_prefixes: list[str]
-    lag_prefixes: list[str]
-
-
-def _prefixes(family: Family, labels: list[str]) -> list[str]:
-    name = exported_name(family)
-    return [f"{name}{text} " for text in labels]
-
-
-class RingbusExposition:
-    """Writes /metrics from the broker's shared memory at each scrape (see
-    module docstring and the text exposition notes above).
+class RingbusCollector(Collector):
+    """Reads the broker's shared memory at each scrape (see module docstring).
 
     ``groups`` returns the group monitor's last snapshot (the control
     process is asked once a second, not at each scrape)."""
+
+    # LIMITATION: a scrape renders every partition and every (group,
+    # partition) on the metrics process's event loop: 1024 partitions and
+    # two groups are ~10k samples, 50-80 ms (tests/metrics/test_bench.py,
+    # 80 % of it in prometheus_client's text rendering), during which the
+    # sampler and the live stream wait.
 
     def __init__(
         self, reader: BrokerReader, groups: Callable[[], GroupsSnapshot]
@@ -593,232 +435,140 @@ class RingbusExposition:
         self.reader = reader
         self.groups = groups
         self.version = broker_version()
-        self._partition_labels: _PartitionLabels | None = None
-        self._group_labels: dict[str, _GroupLabels] = {}
 
-    def render(self) -> bytes:
-        """The whole exposition, UTF-8 text format 0.0.4."""
+    def describe(self) -> list[Metric]:
+        # Registering must not read shared memory; names are checked by tests.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
         reader = self.reader
         totals = reader.counter_totals()
         processes = reader.processes()
-        text = _Text()
 
-        text.scalar(BUILD_FAMILY, [(label_text(("version",), (self.version,)), 1)])
+        build = _scalar(BUILD_FAMILY)
+        build.add_metric([self.version], 1)
+        yield build
+
         for column, family in COUNTER_FAMILIES.items():
-            text.scalar(family, [("", totals[column])])
-        self._gauges(text, processes)
-        for column, (family, latency) in HISTOGRAM_FAMILIES.items():
-            text.histogram(family, [((), reader.histogram(column), latency)])
-        self._apis(text, totals)
-        self._processes(text, processes)
-        layout, rows = reader.partition_rows()
-        self._partitions(text, layout, rows)
-        self._groups(text, layout, rows)
-        self._rings(text)
-        return text.encode()
+            metric = _scalar(family)
+            metric.add_metric([], totals[column])
+            yield metric
 
-    def _gauges(self, text: _Text, processes: list[ProcessState]) -> None:
+        yield from self._gauges(processes)
+
+        for column, (family, latency) in HISTOGRAM_FAMILIES.items():
+            state = reader.histogram(column)
+            histogram = _histogram(family)
+            total = state.total / 1e6 if latency else state.total
+            histogram.add_metric([], le_buckets(state, latency), total)
+            yield histogram
+
+        yield from self._apis(totals)
+        yield from self._processes(processes)
+        partitions = reader.partitions()
+        yield from self._partitions(partitions)
+        yield from self._groups(partitions)
+        yield from self._rings()
+
+    def _gauges(self, processes: list[ProcessState]) -> Iterator[Metric]:
         rows = self.reader.counter_rows()
         counters = self.reader.counters
-        labels = [
-            label_text(_PROCESS_LABELS, (process.name, process.role))
-            for process in processes
-        ]
         for column, family in GAUGE_FAMILIES.items():
+            metric = _scalar(family)
             index = counters.counter_id(column)
-            text.scalar(
-                family,
-                [
-                    (label, int(rows[process.slot, index]))
-                    for label, process in zip(labels, processes, strict=True)
-                ],
-            )
+            for process in processes:
+                metric.add_metric(
+                    [process.name, process.role], int(rows[process.slot, index])
+                )
+            yield metric
 
-    def _apis(self, text: _Text, totals: dict[str, int]) -> None:
-        requests, errors, latency, codes = API_FAMILIES
-        apis = list(REQUEST_APIS.values())
-        labels = [label_text(("api",), (api,)) for api in apis]
-        text.scalar(
-            requests,
-            [
-                (label, totals[f"requests_{api}"])
-                for label, api in zip(labels, apis, strict=True)
-            ],
-        )
-        text.scalar(
-            errors,
-            [
-                (label, totals[f"request_errors_{api}"])
-                for label, api in zip(labels, apis, strict=True)
-            ],
-        )
-        used = []
-        for api in apis:
+    def _apis(self, totals: dict[str, int]) -> Iterator[Metric]:
+        requests, errors, codes = (_scalar(API_FAMILIES[i]) for i in (0, 1, 3))
+        latency = _histogram(API_FAMILIES[2])
+        for api in REQUEST_APIS.values():
+            requests.add_metric([api], totals[f"requests_{api}"])
+            errors.add_metric([api], totals[f"request_errors_{api}"])
             state = self.reader.histogram(f"request_latency_us_{api}")
             # Only APIs that were used: 26 APIs x 48 buckets would bloat
             # every scrape with zeros.
             if state.count or state.buckets.any():
-                used.append(((api,), state, True))
-        text.histogram(latency, used)
-        seen = [
-            (str(code), totals[error_code_counter(code)])
-            for code in (-1, *range(1, 128))
-            if totals[error_code_counter(code)]
-        ]
+                latency.add_metric([api], le_buckets(state, True), state.total / 1e6)
+        for code in (-1, *range(1, 128)):
+            column = error_code_counter(code)
+            if totals[column]:
+                codes.add_metric([str(code)], totals[column])
         if totals["errors_code_other"]:
-            seen.append(("other", totals["errors_code_other"]))
-        text.scalar(
-            codes,
-            [(label_text(("error_code",), (code,)), count) for code, count in seen],
-        )
+            codes.add_metric(["other"], totals["errors_code_other"])
+        yield from (requests, errors, latency, codes)
 
-    def _processes(self, text: _Text, processes: list[ProcessState]) -> None:
-        cpu, memory, restarts, up, started, heartbeat = PROCESS_FAMILIES
-        labels = [
-            label_text(_PROCESS_LABELS, (process.name, process.role))
-            for process in processes
-        ]
-        pairs = list(zip(labels, processes, strict=True))
-        text.scalar(
-            cpu, [(lb, p.cpu_seconds) for lb, p in pairs if p.cpu_seconds is not None]
+    def _processes(self, processes: list[ProcessState]) -> Iterator[Metric]:
+        cpu, memory, restarts, up, started, heartbeat = (
+            _scalar(family) for family in PROCESS_FAMILIES
         )
-        text.scalar(
-            memory,
-            [(lb, p.resident_bytes) for lb, p in pairs if p.resident_bytes is not None],
+        for process in processes:
+            labels = [process.name, process.role]
+            if process.cpu_seconds is not None:
+                cpu.add_metric(labels, process.cpu_seconds)
+            if process.resident_bytes is not None:
+                memory.add_metric(labels, process.resident_bytes)
+            restarts.add_metric(labels, process.restarts)
+            up.add_metric(labels, 1 if process.running else 0)
+            started.add_metric(labels, process.started_unix_ms / 1000)
+            if process.heartbeat_age_s is not None:
+                heartbeat.add_metric(labels, process.heartbeat_age_s)
+        yield from (cpu, memory, restarts, up, started, heartbeat)
+
+    def _partitions(self, partitions: list[PartitionState]) -> Iterator[Metric]:
+        topics, count, start, end, high, size, online = (
+            _scalar(family) for family in PARTITION_FAMILIES
         )
-        text.scalar(restarts, [(lb, p.restarts) for lb, p in pairs])
-        text.scalar(up, [(lb, 1 if p.running else 0) for lb, p in pairs])
-        text.scalar(started, [(lb, p.started_unix_ms / 1000) for lb, p in pairs])
-        text.scalar(
-            heartbeat,
-            [
-                (lb, p.heartbeat_age_s)
-                for lb, p in pairs
-                if p.heartbeat_age_s is not None
-            ],
-        )
+        topics.add_metric([], len({state.topic for state in partitions}))
+        count.add_metric([], len(partitions))
+        for state in partitions:
+            labels = [state.topic, str(state.partition)]
+            start.add_metric(labels, state.log_start_offset)
+            end.add_metric(labels, state.log_end_offset)
+            high.add_metric(labels, state.high_watermark)
+            size.add_metric(labels, state.size_bytes)
+            online.add_metric(labels, 1 if state.state == "online" else 0)
+        yield from (topics, count, start, end, high, size, online)
 
-    def _partition_prefixes(self, layout: PartitionLayout) -> dict[str, list[str]]:
-        cached = self._partition_labels
-        if cached is not None and cached.layout is layout:
-            return cached.prefixes
-        labels = [
-            label_text(_PARTITION_LABELS, (topic, str(partition)))
-            for topic, partition in zip(layout.topics, layout.partitions, strict=True)
-        ]
-        prefixes = {
-            family.name: _prefixes(family, labels)
-            for family in (*(f for f, _ in _PARTITION_COLUMNS), _ONLINE)
-        }
-        self._partition_labels = _PartitionLabels(layout, prefixes)
-        return prefixes
-
-    def _partitions(
-        self, text: _Text, layout: PartitionLayout, rows: npt.NDArray[np.void]
-    ) -> None:
-        topics, count = PARTITION_FAMILIES[:2]
-        text.scalar(topics, [("", layout.topic_count)])
-        text.scalar(count, [("", len(layout.topics))])
-        prefixes = self._partition_prefixes(layout)
-        for family, column in _PARTITION_COLUMNS:
-            text.prefixed(
-                family, prefixes[family.name], _integers(rows[column].tolist())
-            )
-        online = (rows["state"] == _ONLINE_STATE).astype(np.int64)
-        text.prefixed(_ONLINE, prefixes[_ONLINE.name], _integers(online.tolist()))
-
-    def _group_prefixes(
-        self, group: GroupInfo, layout: PartitionLayout
-    ) -> _GroupLabels:
-        cached = self._group_labels.get(group.group_id)
-        if (
-            cached is not None
-            and cached.layout is layout
-            and cached.committed == group.committed.keys()
-        ):
-            return cached
-        positions = layout.positions()
-        keys = sorted(key for key in group.committed if key in positions)
-        labels = [
-            label_text(_LAG_LABELS, (group.group_id, topic, str(partition)))
-            for topic, partition in keys
-        ]
-        committed, lag = GROUP_FAMILIES[3:5]
-        entry = _GroupLabels(
-            layout=layout,
-            committed=frozenset(group.committed),
-            keys=keys,
-            positions=np.array([positions[key] for key in keys], dtype=np.intp),
-            committed_prefixes=_prefixes(committed, labels),
-            lag_prefixes=_prefixes(lag, labels),
-        )
-        self._group_labels[group.group_id] = entry
-        return entry
-
-    def _groups(
-        self, text: _Text, layout: PartitionLayout, rows: npt.NDArray[np.void]
-    ) -> None:
+    def _groups(self, partitions: list[PartitionState]) -> Iterator[Metric]:
         snapshot = self.groups()
-        listed, members, states, committed, lag, refreshed = GROUP_FAMILIES
-        text.scalar(listed, [("", snapshot.listed)])
-        text.scalar(
-            members,
-            [
-                (label_text(("group",), (g.group_id,)), len(g.members))
-                for g in snapshot.groups
-            ],
+        listed, members, states, committed, lag, refreshed = (
+            _scalar(family) for family in GROUP_FAMILIES
         )
-        text.scalar(
-            states,
-            [
-                (label_text(("group", "state"), (g.group_id, g.state)), 1)
-                for g in snapshot.groups
-            ],
+        listed.add_metric([], snapshot.listed)
+        for group in snapshot.groups:
+            members.add_metric([group.group_id], len(group.members))
+            states.add_metric([group.group_id, group.state], 1)
+        for row in partition_lags(snapshot.groups, partitions):
+            labels = [row.group_id, row.topic, str(row.partition)]
+            committed.add_metric(labels, row.committed_offset)
+            lag.add_metric(labels, row.lag)
+        if snapshot.refreshed_unix_ms:
+            refreshed.add_metric([], snapshot.refreshed_unix_ms / 1000)
+        yield from (listed, members, states, committed, lag, refreshed)
+
+    def _rings(self) -> Iterator[Metric]:
+        used, capacity, descriptors, slots, fill, refusals = (
+            _scalar(family) for family in RING_FAMILIES
         )
+        for ring in self.reader.rings():
+            labels = [ring.name, ring.kind, ring.process]
+            if ring.capacity_bytes:
+                used.add_metric(labels, ring.used_bytes)
+                capacity.add_metric(labels, ring.capacity_bytes)
+            descriptors.add_metric(labels, ring.used_descriptors)
+            slots.add_metric(labels, ring.capacity_descriptors)
+            fill.add_metric(labels, ring.fill_ratio)
+            refusals.add_metric(labels, ring.sender_refusals)
+        yield from (used, capacity, descriptors, slots, fill, refusals)
 
-        # Lag is the high watermark of this same read minus the committed
-        # offset, never below 0 (metrics.groups.PartitionLag).
-        high_watermarks = rows["high_watermark"]
-        entries = []
-        for group in sorted(snapshot.groups, key=lambda g: g.group_id):
-            entry = self._group_prefixes(group, layout)
-            offsets = np.fromiter(
-                (group.committed[key] for key in entry.keys),
-                dtype=np.int64,
-                count=len(entry.keys),
-            )
-            behind = np.maximum(high_watermarks[entry.positions] - offsets, 0)
-            entries.append((entry, offsets, behind))
-        text.parts.append(_HEADERS[committed.name])
-        for entry, offsets, _ in entries:
-            text.parts.extend(
-                map(str.__add__, entry.committed_prefixes, _integers(offsets.tolist()))
-            )
-        text.parts.append(_HEADERS[lag.name])
-        for entry, _, behind in entries:
-            text.parts.extend(
-                map(str.__add__, entry.lag_prefixes, _integers(behind.tolist()))
-            )
-        # Forget groups that are gone.
-        for group_id in set(self._group_labels) - {g.group_id for g in snapshot.groups}:
-            del self._group_labels[group_id]
 
-        stamp = [("", snapshot.refreshed_unix_ms / 1000)]
-        text.scalar(refreshed, stamp if snapshot.refreshed_unix_ms else [])
-
-    def _rings(self, text: _Text) -> None:
-        rings = self.reader.rings()
-        labels = [
-            label_text(_RING_LABELS, (ring.name, ring.kind, ring.process))
-            for ring in rings
-        ]
-        pairs = list(zip(labels, rings, strict=True))
-        used, capacity, descriptors, slots, fill, refusals = RING_FAMILIES
-        text.scalar(used, [(lb, r.used_bytes) for lb, r in pairs if r.capacity_bytes])
-        text.scalar(
-            capacity, [(lb, r.capacity_bytes) for lb, r in pairs if r.capacity_bytes]
-        )
-        text.scalar(descriptors, [(lb, r.used_descriptors) for lb, r in pairs])
-        text.scalar(slots, [(lb, r.capacity_descriptors) for lb, r in pairs])
-        text.scalar(fill, [(lb, r.fill_ratio) for lb, r in pairs])
-        text.scalar(refusals, [(lb, r.sender_refusals) for lb, r in pairs])
+def registry_for(collector: RingbusCollector) -> CollectorRegistry:
+    """A registry holding only the broker's families (no client defaults:
+    the metrics process's own CPU would be mistaken for the broker's)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry

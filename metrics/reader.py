@@ -119,38 +119,6 @@ class PartitionState:
 
 
 @dataclass(frozen=True)
-class PartitionLayout:
-    """Which partition state table row holds each partition, sorted by topic
-    name then partition: the part of the partitions that changes only with
-    the topic metadata, so a reader can keep it (and what it derives from
-    it, such as label text) between reads."""
-
-    topics: tuple[str, ...]
-    partitions: tuple[int, ...]
-    indexes: npt.NDArray[np.intp]
-
-    @property
-    def topic_count(self) -> int:
-        return len(set(self.topics))
-
-    def positions(self) -> dict[tuple[str, int], int]:
-        """Position of each (topic, partition) in the layout."""
-        return {
-            key: position
-            for position, key in enumerate(
-                zip(self.topics, self.partitions, strict=True)
-            )
-        }
-
-    def subset(self, keep: list[int]) -> PartitionLayout:
-        return PartitionLayout(
-            tuple(self.topics[i] for i in keep),
-            tuple(self.partitions[i] for i in keep),
-            self.indexes[keep],
-        )
-
-
-@dataclass(frozen=True)
 class RingState:
     """Fill level of one ring, from its control array."""
 
@@ -229,8 +197,6 @@ class BrokerReader:
         self.supervisor_pid = supervisor_pid
         self.probe = probe or ProcessProbe()
         self._heartbeat = self.counters.counter_id(HEARTBEAT)
-        self._layout: PartitionLayout | None = None
-        self._layout_topics: dict[str, Topic] | None = None
 
     # -- counters -----------------------------------------------------------
 
@@ -300,71 +266,45 @@ class BrokerReader:
     def topics(self) -> dict[str, Topic]:
         return self.metadata.topics()
 
-    def partition_layout(self) -> PartitionLayout:
-        """The layout of the current topic metadata; the same object until
-        the metadata changes."""
+    def partitions(self) -> list[PartitionState]:
+        """Every partition of every topic, by topic name then partition."""
         topics = self.metadata.topics()
-        if self._layout is not None and self._layout_topics is topics:
-            return self._layout
-        rows = self.memory.partitions.rows
         names = [
             (topic.name, partition, index)
             for topic in sorted(topics.values(), key=lambda t: t.name)
             for partition, index in enumerate(topic.partitions)
-            if 0 <= index < rows
         ]
-        self._layout = PartitionLayout(
-            tuple(name for name, _, _ in names),
-            tuple(partition for _, partition, _ in names),
-            np.array([index for _, _, index in names], dtype=np.intp),
-        )
-        # Held, so its identity cannot be reused by a later document.
-        self._layout_topics = topics
-        return self._layout
-
-    def partition_rows(self) -> tuple[PartitionLayout, npt.NDArray[np.void]]:
-        """Every partition's row of the partition state table, in layout
-        order: one vectorised read, no object per partition."""
-        layout = self.partition_layout()
         table = self.memory.partitions
+        names = [entry for entry in names if 0 <= entry[2] < table.rows]
+        if not names:
+            return []
         try:
-            return layout, table.read_rows(layout.indexes)
+            rows = table.read_rows([index for _, _, index in names])
         except TornRowError:
             # A writer killed mid-row leaves that row unreadable until the
             # restarted writer rewrites it; show the other partitions.
-            keep = []
-            for position, index in enumerate(layout.indexes.tolist()):
+            readable = []
+            for entry in names:
                 try:
-                    table.read_row(index)
+                    table.read_row(entry[2])
                 except TornRowError:
                     continue
-                keep.append(position)
-            layout = layout.subset(keep)
-            return layout, table.read_rows(layout.indexes)
-
-    def partitions(self) -> list[PartitionState]:
-        """Every partition of every topic, by topic name then partition."""
-        layout, rows = self.partition_rows()
-        if not layout.topics:
-            return []
-        columns = {
-            field: rows[field].tolist() for field in self.memory.partitions.field_names
-        }
-        indexes = layout.indexes.tolist()
+                readable.append(entry)
+            names = readable
+            rows = table.read_rows([index for _, _, index in names])
+        columns = {field: rows[field].tolist() for field in table.field_names}
         return [
             PartitionState(
                 topic=topic,
                 partition=partition,
-                index=indexes[i],
+                index=index,
                 log_start_offset=columns["log_start_offset"][i],
                 log_end_offset=columns["log_end_offset"][i],
                 high_watermark=columns["high_watermark"][i],
                 size_bytes=columns["size_bytes"][i],
                 state=PARTITION_STATES.get(columns["state"][i], "unknown"),
             )
-            for i, (topic, partition) in enumerate(
-                zip(layout.topics, layout.partitions, strict=True)
-            )
+            for i, (topic, partition, index) in enumerate(names)
         ]
 
     # -- rings ----------------------------------------------------------------

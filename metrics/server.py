@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import generate_latest
+from prometheus_client.registry import CollectorRegistry
 
 from broker.logs import event
 from metrics.api import BadRequestError, MetricsApi, parse_seconds
@@ -74,11 +76,11 @@ class MetricsServer:
     def __init__(
         self,
         api: MetricsApi,
-        exposition: Callable[[], bytes],
+        registry: CollectorRegistry,
         own: CounterSlot | None = None,
     ) -> None:
         self.api = api
-        self.exposition = exposition
+        self.registry = registry
         self.own = own
         self.streams = 0
         self.stopping = False
@@ -164,7 +166,7 @@ class MetricsServer:
         return web.FileResponse(STATIC_DIR / "index.html", headers=SECURITY_HEADERS)
 
     async def metrics(self, _: web.Request) -> web.Response:
-        body = self.exposition()
+        body = generate_latest(self.registry)
         response = web.Response(body=body)
         response.headers["Content-Type"] = PROMETHEUS_CONTENT_TYPE
         return response

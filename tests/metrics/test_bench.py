@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from broker.layout import FIRST_NET_SLOT, METRICS_SLOT
 from metrics.api import MetricsApi
-from metrics.prometheus import RingbusExposition
+from metrics.prometheus import RingbusCollector, registry_for
 from metrics.sampler import Sampler
 from shm.region import unlink_stale
 from tests.metrics.support import FakeBroker
@@ -76,10 +77,9 @@ def test_bench_one_sample(big_broker: FakeBroker, benchmark: Any) -> None:
 def test_bench_one_scrape(big_broker: FakeBroker, benchmark: Any) -> None:
     broker = big_broker
     loaded(broker)
-    exposition = RingbusExposition(broker.reader, broker.group_snapshot)
-    exposition.render()  # label text is built by the first scrape
+    registry = registry_for(RingbusCollector(broker.reader, broker.group_snapshot))
 
-    text = benchmark(exposition.render)
+    text = benchmark(generate_latest, registry)
 
     assert b"ringbus_consumer_group_lag_records" in text
 

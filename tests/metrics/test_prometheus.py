@@ -10,26 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
-from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
 
-from broker.layout import (
-    FIRST_NET_SLOT,
-    REQUEST_APIS,
-    WRITER_SLOT,
-    error_code_counter,
-)
+from broker.layout import FIRST_NET_SLOT, REQUEST_APIS, WRITER_SLOT, error_code_counter
 from metrics.prometheus import (
     FAMILIES,
     LATENCY_UPPERS_US,
-    RingbusExposition,
+    RingbusCollector,
     exported_name,
-    integer_text,
-    label_text,
     le_buckets,
-    number,
+    registry_for,
 )
 from metrics.reader import HistogramState
 from shm.counters import BUCKETS, buckets_of
@@ -38,12 +29,10 @@ from tests.metrics.support import FakeBroker
 NET0, NET1 = FIRST_NET_SLOT, FIRST_NET_SLOT + 1
 
 
-def scrape(
-    broker: FakeBroker, exposition: RingbusExposition | None = None
-) -> dict[str, list[Sample]]:
+def scrape(broker: FakeBroker) -> dict[str, list[Sample]]:
     """Render /metrics, parse it back, and return samples by family name."""
-    exposition = exposition or RingbusExposition(broker.reader, broker.group_snapshot)
-    text = exposition.render().decode()
+    collector = RingbusCollector(broker.reader, broker.group_snapshot)
+    text = generate_latest(registry_for(collector)).decode()
     families: dict[str, list[Sample]] = {}
     for family in text_string_to_metric_families(text):
         name = family.name + ("_total" if family.type == "counter" else "")
@@ -293,131 +282,3 @@ def test_request_apis_match_the_apis_the_broker_advertises() -> None:
     # Every error code the broker uses has a column of its own.
     assert len(columns) == len(ErrorCode) - 1
     assert "errors_code_other" not in columns
-
-
-# -- the text itself: what prometheus_client would write -----------------------
-
-
-class _Parsed:
-    """A collector that yields families parsed from a text."""
-
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> list[Metric]:
-        return self.families
-
-
-def rewritten(text: bytes) -> bytes:
-    """``text`` parsed by prometheus_client and written back by it."""
-    families = list(text_string_to_metric_families(text.decode()))
-    return generate_latest(_Parsed(families))  # type: ignore[arg-type]
-
-
-def loaded(broker: FakeBroker) -> None:
-    """Every kind of value the text has: large offsets (exponent form),
-    integers beyond 2**53, floats, label values that need escaping, a
-    committed offset of a deleted topic, histograms with and without labels."""
-    broker.start_processes()
-    committed: dict[tuple[str, int], int] = {("gone", 0): 3}
-    for topic in range(3):
-        for partition, index in enumerate(broker.create_topic(f"t-{topic}", 4)):
-            broker.set_partition(
-                index,
-                log_start_offset=partition,
-                log_end_offset=12_345_678 * partition + topic,
-                high_watermark=12_345_000 * partition + topic,
-                size_bytes=(1 << 30) * topic + 999_999,
-            )
-            if partition != 2:
-                committed[(f"t-{topic}", partition)] = 12_000_000 * partition
-    broker.set_group('odd"group\\name\nline', committed, state="Empty", members=2)
-    broker.set_group("plain", {("t-1", 3): 5})
-    broker.add(WRITER_SLOT, "writer_bytes", (1 << 60) + 12_345)
-    broker.add(NET0, "produce_records", 1_000_000)
-    broker.add(NET1, "errors_code_3", 2)
-    broker.observe(NET0, "request_latency_us", list(range(100, 90_000, 97)))
-    broker.observe(NET1, "request_latency_us_fetch", [50, 10**9])
-    broker.observe(WRITER_SLOT, "writer_writev_bytes", [1, 2, 3, 10**6])
-    broker.probe.set(broker.supervisor_pid, 1_234_567.891, 1 << 33)
-
-
-def test_exposition_is_the_text_prometheus_client_writes_when_loaded(
-    broker: FakeBroker,
-) -> None:
-    loaded(broker)
-    exposition = RingbusExposition(broker.reader, broker.group_snapshot)
-
-    first = exposition.render()
-    second = exposition.render()  # from the label caches
-
-    assert rewritten(first) == first
-    assert rewritten(second) == second
-    assert b'group="odd\\"group\\\\name\\nline"' in first
-    assert b"ringbus_writer_bytes_total 1.1529215046068593e+18\n" in first
-    assert (
-        b'ringbus_partition_log_end_offset{partition="1",topic="t-2"} 1.234568e+07'
-        in first
-    )
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.integers(min_value=-(1 << 70), max_value=1 << 70)
-    | st.sampled_from([0, 999_999, 1_000_000, 1_000_001, (1 << 53) - 1, 1 << 53])
-)
-def test_integer_text_matches_float_to_go_string(value: int) -> None:
-    assert integer_text(value) == floatToGoString(value)
-    assert number(value) == floatToGoString(value)
-    assert number(np.int64(max(min(value, 2**63 - 1), -(2**63)))) == floatToGoString(
-        max(min(value, 2**63 - 1), -(2**63))
-    )
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.floats(allow_nan=True, allow_infinity=True))
-def test_number_of_a_float_matches_float_to_go_string(value: float) -> None:
-    assert number(value) == floatToGoString(value)
-
-
-def test_label_text_sorts_names_and_escapes_values() -> None:
-    text = label_text(("topic", "group"), ('a"b', "c\\d\ne"))
-
-    assert text == '{group="c\\\\d\\ne",topic="a\\"b"}'
-    assert label_text((), ()) == ""
-
-
-def test_exposition_follows_new_topics_and_groups_when_label_text_is_cached(
-    broker: FakeBroker,
-) -> None:
-    (index,) = broker.create_topic("first", 1)
-    broker.set_partition(index, log_end_offset=7, high_watermark=7)
-    broker.set_group("g", {("first", 0): 2})
-    exposition = RingbusExposition(broker.reader, broker.group_snapshot)
-    scrape(broker, exposition)
-
-    (added,) = broker.create_topic("second", 1)
-    broker.set_partition(added, log_end_offset=9, high_watermark=9)
-    broker.set_group("g", {("first", 0): 2, ("second", 0): 4})
-    broker.set_group("h", {("second", 0): 9})
-    families = scrape(broker, exposition)
-
-    lag = families["ringbus_consumer_group_lag_records"]
-    name = "ringbus_consumer_group_lag_records"
-    assert value(lag, name, group="g", topic="first", partition="0") == 5
-    assert value(lag, name, group="g", topic="second", partition="0") == 5
-    assert value(lag, name, group="h", topic="second", partition="0") == 0
-    end = families["ringbus_partition_log_end_offset"]
-    assert (
-        value(end, "ringbus_partition_log_end_offset", topic="second", partition="0")
-        == 9
-    )
-
-    broker.groups = type(broker.groups)(
-        groups=tuple(g for g in broker.groups.groups if g.group_id == "h"),
-        listed=1,
-        refreshed_unix_ms=broker.groups.refreshed_unix_ms,
-    )
-    families = scrape(broker, exposition)
-
-    assert {s.labels["group"] for s in families[name]} == {"h"}

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from broker.layout import FIRST_NET_SLOT, METRICS_SLOT
 from metrics.api import BadRequestError, MetricsApi, parse_seconds
-from metrics.prometheus import RingbusExposition
+from metrics.prometheus import RingbusCollector, registry_for
 from metrics.sampler import Sampler
 from metrics.server import MAX_STREAMS, STATIC_DIR, MetricsServer
 from tests.metrics.support import FakeBroker
@@ -27,8 +27,8 @@ def serve(broker: FakeBroker, check: Check) -> None:
     own = broker.memory.counters.slot(METRICS_SLOT)
     sampler = Sampler(broker.reader, broker.group_snapshot, own, capacity=900)
     api = MetricsApi(broker.reader, sampler, broker.group_snapshot, broker.settings)
-    exposition = RingbusExposition(broker.reader, broker.group_snapshot)
-    server = MetricsServer(api, exposition.render, own)
+    collector = RingbusCollector(broker.reader, broker.group_snapshot)
+    server = MetricsServer(api, registry_for(collector), own)
 
     async def main() -> None:
         client = TestClient(TestServer(server.app, host="127.0.0.1"))
