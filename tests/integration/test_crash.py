@@ -96,6 +96,10 @@ class NumberedLoad:
         self._stop.set()
         self._thread.join(30)
         self.producer.flush(flush_s)
+        # Records still queued (the broker is gone) are dropped, so the
+        # producer does not keep reconnecting for the rest of the session.
+        self.producer.purge()
+        self.producer.flush(0)
 
 
 def read_all(broker: BrokerProcess, topic: str) -> dict[int, list[tuple[int, int]]]:
