@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -153,6 +154,16 @@ class BrokerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
         if self.process.poll() is None:
             self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def free_client_cycles() -> Iterator[None]:
+    """Collect reference cycles after each module: a Kafka client caught in
+    one (a failed future's traceback holds the frame that holds the client)
+    otherwise lives, reconnecting to a stopped broker, until the cyclic GC
+    happens to run."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
