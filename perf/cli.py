@@ -3,10 +3,11 @@
 A subcommand is a ``Command``: a name, help text, a function that adds its
 own options, and a function that runs it and returns a ``RunResult``. This
 module adds the options every subcommand shares (output directory, progress,
-plot, log level), runs the command, then writes the JSON result, draws the
-PNG and prints the table - so a new load generator (``produce``,
-``consume``, ``latency`` against Ringbus) is one module exposing a
-``COMMAND`` and one line in ``perf/__main__.py``.
+plot, log level), holds the builders of options several subcommands take
+(``--records``, ``--seconds``, ``--acks``...), runs the command, then writes
+the JSON result, draws the PNG and prints the table - so a new load
+generator (``produce``, ``consume``, ``latency`` against Ringbus) is one
+module exposing a ``COMMAND`` and one line in ``perf/__main__.py``.
 
 Exit codes: 0 when the run finished (skipped peers included), 2 for bad
 options (argparse), 1 when a command raised ``PerfError`` (no result file)
@@ -99,6 +100,67 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value
+
+
+# -- options several subcommands take -------------------------------------------
+# Each builder fixes an option's name and type once; the default and help stay
+# with the subcommand, since they say what the option bounds there.
+
+
+def add_record_bytes_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--record-bytes", type=size_argument, default="100", help="record value size"
+    )
+
+
+def add_partitions_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--partitions", type=positive_int, default=1, help="partitions of the topic"
+    )
+
+
+def add_sizes_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sizes",
+        type=size_list_argument,
+        default="100,1KiB",
+        help="record value sizes, comma-separated",
+    )
+
+
+def add_systems_argument(
+    parser: argparse.ArgumentParser, systems: Sequence[str]
+) -> None:
+    names = ",".join(systems)
+    parser.add_argument("--systems", default=names, help=f"subset of {names}")
+
+
+def add_records_argument(
+    parser: argparse.ArgumentParser, default: int, help: str
+) -> None:
+    parser.add_argument("--records", type=positive_int, default=default, help=help)
+
+
+def add_seconds_argument(
+    parser: argparse.ArgumentParser, default: float, help: str
+) -> None:
+    parser.add_argument("--seconds", type=positive_float, default=default, help=help)
+
+
+def add_rate_argument(
+    parser: argparse.ArgumentParser, default: float | None, help: str
+) -> None:
+    parser.add_argument("--rate", type=positive_float, default=default, help=help)
+
+
+def add_acks_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--acks", type=int, choices=(-1, 0, 1), default=1, help=help)
+
+
+def add_topic_argument(
+    parser: argparse.ArgumentParser, default: str, help: str = "topic name prefix"
+) -> None:
+    parser.add_argument("--topic", default=default, help=help)
 
 
 def _add_common_arguments(parser: argparse.ArgumentParser) -> None:

@@ -45,9 +45,15 @@ from perf.cli import (
     Command,
     PerfError,
     RunContext,
+    add_acks_argument,
+    add_rate_argument,
+    add_records_argument,
+    add_seconds_argument,
+    add_sizes_argument,
+    add_systems_argument,
+    add_topic_argument,
     positive_float,
     positive_int,
-    size_list_argument,
 )
 from perf.consume import (
     run_client_consume,
@@ -101,20 +107,12 @@ def settle_writeback() -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--systems", default=",".join(SYSTEMS), help=f"subset of {','.join(SYSTEMS)}"
-    )
-    parser.add_argument(
-        "--sizes",
-        type=size_list_argument,
-        default="100,1KiB",
-        help="record value sizes, comma-separated",
-    )
-    parser.add_argument(
-        "--records",
-        type=positive_int,
-        default=1_000_000,
-        help="records per client-library produce run (Ringbus, Redis, NATS)",
+    add_systems_argument(parser, SYSTEMS)
+    add_sizes_argument(parser)
+    add_records_argument(
+        parser,
+        1_000_000,
+        "records per client-library produce run (Ringbus, Redis, NATS)",
     )
     parser.add_argument(
         "--native-records",
@@ -128,12 +126,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=8.0,
         help="length of the pipelined 64 KiB produce run",
     )
-    parser.add_argument(
-        "--seconds", type=positive_float, default=30.0, help="time bound per phase"
-    )
-    parser.add_argument(
-        "--rate", type=positive_float, default=10_000.0, help="latency records/s"
-    )
+    add_seconds_argument(parser, 30.0, "time bound per phase")
+    add_rate_argument(parser, 10_000.0, "latency records/s")
     parser.add_argument(
         "--latency-seconds",
         type=positive_float,
@@ -148,10 +142,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--limit-repeat", type=positive_int, default=3, help="samples per limit"
     )
-    parser.add_argument(
-        "--acks", type=int, choices=(-1, 0, 1), default=1, help="Ringbus acks"
-    )
-    parser.add_argument("--topic", default="perf-compare", help="topic name prefix")
+    add_acks_argument(parser, "Ringbus acks")
+    add_topic_argument(parser, "perf-compare")
     add_pipeline_arguments(parser)
     add_client_arguments(parser)
     add_target_arguments(parser)

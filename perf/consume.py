@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import selectors
 import socket
-import subprocess
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -35,7 +34,12 @@ from perf.cli import (
     Command,
     PerfError,
     RunContext,
-    positive_float,
+    add_acks_argument,
+    add_partitions_argument,
+    add_record_bytes_argument,
+    add_records_argument,
+    add_seconds_argument,
+    add_topic_argument,
     positive_int,
     size_argument,
 )
@@ -58,19 +62,20 @@ from perf.kafka_wire import (
 )
 from perf.produce import (
     add_pipeline_arguments,
-    children_cpu_seconds,
     end_offsets,
     kcat_missing,
+    merged_measurement,
+    merged_or_raise,
     new_topic,
     note_measurement,
     run_pipelined,
+    run_tool_timed,
     split_partitions,
 )
-from perf.report import Measurement, RunResult, Skipped
+from perf.report import Measurement, RunResult, Skipped, records_measurement
 from perf.ringbus import SYSTEM, BrokerTarget, Profiler, add_target_arguments
 from perf.workers import (
     WorkerResult,
-    merge_results,
     report_outcome,
     run_workers,
     wait_for_start,
@@ -81,31 +86,18 @@ MODES = ("client", "raw", "kcat")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=MODES, default="client")
-    parser.add_argument(
-        "--record-bytes", type=size_argument, default="100", help="record value size"
-    )
-    parser.add_argument(
-        "--partitions", type=positive_int, default=1, help="partitions of the topic"
-    )
-    parser.add_argument(
-        "--records",
-        type=positive_int,
-        default=5_000_000,
-        help="records to write before reading",
-    )
-    parser.add_argument(
-        "--seconds", type=positive_float, default=30.0, help="time bound of each phase"
-    )
+    add_record_bytes_argument(parser)
+    add_partitions_argument(parser)
+    add_records_argument(parser, 5_000_000, "records to write before reading")
+    add_seconds_argument(parser, 30.0, "time bound of each phase")
     parser.add_argument(
         "--from-topic",
         default=None,
         help="read this existing topic instead of filling a new one "
         "(--record-bytes must match its records)",
     )
-    parser.add_argument("--topic", default="perf-consume", help="topic name prefix")
-    parser.add_argument(
-        "--acks", type=int, choices=(-1, 0, 1), default=1, help="acks while filling"
-    )
+    add_topic_argument(parser, "perf-consume")
+    add_acks_argument(parser, "acks while filling")
     parser.add_argument(
         "--group",
         action="store_true",
@@ -241,14 +233,13 @@ def run_client_consume(
             f"(last value {last_size} B, expected {record_bytes} B)"
         )
     start_ns = started[0] if started else finished_ns
-    return Measurement(
-        name=name,
-        system=SYSTEM,
-        workload="consume",
-        record_bytes=record_bytes,
-        records=consumed,
-        bytes=consumed * record_bytes,
-        seconds=(finished_ns - start_ns) / NANOS_PER_SECOND,
+    return records_measurement(
+        name,
+        SYSTEM,
+        "consume",
+        record_bytes,
+        consumed,
+        (finished_ns - start_ns) / NANOS_PER_SECOND,
         timeline=series.points() if series is not None else [],
         params={
             "mode": "client",
@@ -431,23 +422,17 @@ def run_raw_consume(
     ]
     with Profiler(profile, target, "consume-raw") as profiler:
         start_ns, results = run_workers(fetch_worker, plans, timeout_s=seconds + 60)
-    merged = merge_results(results, start_ns)
-    if merged.errors:
-        raise PerfError(f"{name}: " + "; ".join(merged.errors[:5]))
+    merged = merged_or_raise(results, start_ns, name)
     expected = sum(offsets.values())
     if merged.records != expected:
         raise PerfError(
             f"{name} read {merged.records} of {expected} records in {seconds} s"
         )
-    return Measurement(
-        name=name,
-        system=SYSTEM,
-        workload="consume",
-        record_bytes=record_bytes,
-        records=merged.records,
-        bytes=merged.value_bytes,
-        seconds=merged.seconds,
-        timeline=merged.timeline,
+    return merged_measurement(
+        name,
+        "consume",
+        record_bytes,
+        merged,
         params={
             "mode": "raw",
             "topic": topic,
@@ -513,31 +498,24 @@ def run_kcat_consume(
         "check.crcs=false",
     ]
     with Profiler(profile, target, "consume-kcat") as profiler:
-        cpu_before = children_cpu_seconds()
-        started = time.monotonic_ns()
-        try:
-            done = subprocess.run(
-                argv, capture_output=True, timeout=seconds, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise PerfError(
-                f"kcat did not read {expected} records in {seconds} s"
-            ) from exc
-        finished = time.monotonic_ns()
-        kcat_cpu = children_cpu_seconds() - cpu_before
+        done, elapsed, kcat_cpu = run_tool_timed(
+            argv,
+            seconds,
+            f"kcat did not read {expected} records in {seconds} s",
+            text=False,
+        )
     if done.returncode != 0:
         raise PerfError(f"kcat -C exited {done.returncode}: {done.stderr[-500:]!r}")
     consumed = done.stdout.count(b"\n")
     if consumed != expected:
         raise PerfError(f"{name} read {consumed} of {expected} records")
-    return Measurement(
-        name=name,
-        system=SYSTEM,
-        workload="consume",
-        record_bytes=record_bytes,
-        records=consumed,
-        bytes=consumed * record_bytes,
-        seconds=(finished - started) / NANOS_PER_SECOND,
+    return records_measurement(
+        name,
+        SYSTEM,
+        "consume",
+        record_bytes,
+        consumed,
+        elapsed,
         params={
             "tool": "kcat",
             "tool_cpu_seconds": round(kcat_cpu, 3),

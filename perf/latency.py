@@ -24,7 +24,16 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from perf.cli import Command, PerfError, RunContext, positive_float, size_argument
+from perf.cli import (
+    Command,
+    PerfError,
+    RunContext,
+    add_acks_argument,
+    add_rate_argument,
+    add_record_bytes_argument,
+    add_seconds_argument,
+    add_topic_argument,
+)
 from perf.harness import (
     Bounds,
     Clock,
@@ -46,18 +55,10 @@ CONSUMER_START_TIMEOUT_S = 60.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--record-bytes", type=size_argument, default="100", help="record value size"
-    )
-    parser.add_argument(
-        "--rate", type=positive_float, default=10_000.0, help="records/s"
-    )
-    parser.add_argument(
-        "--seconds", type=positive_float, default=10.0, help="length of the run"
-    )
-    parser.add_argument(
-        "--acks", type=int, choices=(-1, 0, 1), default=1, help="producer acks"
-    )
+    add_record_bytes_argument(parser)
+    add_rate_argument(parser, 10_000.0, "records/s")
+    add_seconds_argument(parser, 10.0, "length of the run")
+    add_acks_argument(parser, "producer acks")
     parser.add_argument(
         "--linger-ms", type=float, default=1.0, help="producer linger.ms"
     )
@@ -67,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=100,
         help="consumer fetch.wait.max.ms (how long the broker may hold a fetch)",
     )
-    parser.add_argument("--topic", default="perf-latency", help="topic name prefix")
+    add_topic_argument(parser, "perf-latency")
     add_target_arguments(parser)
 
 

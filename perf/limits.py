@@ -45,7 +45,7 @@ from perf.cli import (
     Command,
     PerfError,
     RunContext,
-    positive_float,
+    add_seconds_argument,
     positive_int,
     size_argument,
 )
@@ -395,9 +395,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="64MiB",
         help="bytes per memcpy (larger than the CPU caches)",
     )
-    parser.add_argument(
-        "--seconds", type=positive_float, default=10.0, help="time bound per sample"
-    )
+    add_seconds_argument(parser, 10.0, "time bound per sample")
     parser.add_argument(
         "--repeat", type=positive_int, default=3, help="samples per measurement"
     )

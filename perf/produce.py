@@ -40,6 +40,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -49,7 +50,13 @@ from perf.cli import (
     Command,
     PerfError,
     RunContext,
-    positive_float,
+    add_acks_argument,
+    add_partitions_argument,
+    add_rate_argument,
+    add_record_bytes_argument,
+    add_records_argument,
+    add_seconds_argument,
+    add_topic_argument,
     positive_int,
     size_argument,
 )
@@ -57,6 +64,7 @@ from perf.harness import (
     NANOS_PER_SECOND,
     Bounds,
     LatencyHistogram,
+    LatencySummary,
     MonotonicClock,
     RateSchedule,
     ThroughputSeries,
@@ -78,9 +86,10 @@ from perf.kafka_wire import (
     records_per_batch,
     set_correlation_id,
 )
-from perf.report import Measurement, RunResult, Skipped
+from perf.report import Measurement, RunResult, Skipped, records_measurement
 from perf.ringbus import SYSTEM, BrokerTarget, Profiler, add_target_arguments
 from perf.workers import (
+    MergedResult,
     WorkerResult,
     merge_results,
     report_outcome,
@@ -102,22 +111,10 @@ def new_topic(prefix: str) -> str:
 
 def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by produce, latency, compare and scale."""
-    parser.add_argument(
-        "--record-bytes", type=size_argument, default="100", help="record value size"
-    )
-    parser.add_argument(
-        "--partitions", type=positive_int, default=1, help="partitions of the topic"
-    )
-    parser.add_argument(
-        "--acks",
-        type=int,
-        choices=(-1, 0, 1),
-        default=1,
-        help="acks of every produce request",
-    )
-    parser.add_argument(
-        "--topic", default="perf", help="topic name prefix (a new topic per run)"
-    )
+    add_record_bytes_argument(parser)
+    add_partitions_argument(parser)
+    add_acks_argument(parser, "acks of every produce request")
+    add_topic_argument(parser, "perf", "topic name prefix (a new topic per run)")
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
@@ -173,20 +170,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workload_arguments(parser)
     add_pipeline_arguments(parser)
     add_client_arguments(parser)
-    parser.add_argument(
-        "--records",
-        type=positive_int,
-        default=5_000_000,
-        help="records to produce (count bound)",
-    )
-    parser.add_argument(
-        "--seconds", type=positive_float, default=10.0, help="time bound of the run"
-    )
-    parser.add_argument(
-        "--rate",
-        type=positive_float,
-        default=None,
-        help="records/s on a fixed schedule (default: as fast as possible)",
+    add_records_argument(parser, 5_000_000, "records to produce (count bound)")
+    add_seconds_argument(parser, 10.0, "time bound of the run")
+    add_rate_argument(
+        parser, None, "records/s on a fixed schedule (default: as fast as possible)"
     )
     parser.add_argument(
         "--warmup",
@@ -409,6 +396,44 @@ def split_partitions(partitions: int, processes: int) -> list[tuple[int, ...]]:
     return [(i % partitions,) for i in range(processes)]
 
 
+def merged_or_raise(
+    results: Sequence[WorkerResult], start_ns: int, what: str
+) -> MergedResult:
+    """The workers' results as one; a ``PerfError`` naming ``what`` and the
+    first errors when any worker failed."""
+    merged = merge_results(results, start_ns)
+    if merged.errors:
+        raise PerfError(f"{what}: " + "; ".join(merged.errors[:5]))
+    return merged
+
+
+def merged_measurement(
+    name: str,
+    workload: str,
+    record_bytes: int,
+    merged: MergedResult,
+    *,
+    latency: LatencySummary | None = None,
+    params: dict[str, Any],
+    note: str,
+) -> Measurement:
+    """A Ringbus figure from the merged results of the load-generating
+    processes: the value bytes they counted, over their common run time."""
+    return Measurement(
+        name=name,
+        system=SYSTEM,
+        workload=workload,
+        record_bytes=record_bytes,
+        records=merged.records,
+        bytes=merged.value_bytes,
+        seconds=merged.seconds,
+        latency=latency,
+        timeline=merged.timeline,
+        params=params,
+        note=note,
+    )
+
+
 def create_topic(target: BrokerTarget, topic: str, partitions: int) -> None:
     with AdminClient(target.host, target.port) as admin:
         admin.create_topic(topic, partitions)
@@ -500,9 +525,7 @@ def run_pipelined(
         ]
         started = time.monotonic()
         start_ns, results = run_workers(pipelined_worker, passes, timeout_s=720)
-        warm = merge_results(results, start_ns)
-        if warm.errors:
-            raise PerfError(f"{name} warm-up: " + "; ".join(warm.errors[:5]))
+        warm = merged_or_raise(results, start_ns, f"{name} warm-up")
         warmed = warm.records
         warmup_seconds = time.monotonic() - started
 
@@ -517,9 +540,7 @@ def run_pipelined(
         start_ns, results = run_workers(
             pipelined_worker, plans, timeout_s=seconds + 120
         )
-    merged = merge_results(results, start_ns)
-    if merged.errors:
-        raise PerfError(f"{name}: " + "; ".join(merged.errors[:5]))
+    merged = merged_or_raise(results, start_ns, name)
     check_stored(
         target,
         topic,
@@ -529,16 +550,12 @@ def run_pipelined(
     )
     extra = merged.extras[0] if merged.extras else {}
     latency = merged.histogram.summary() if merged.histogram is not None else None
-    return Measurement(
-        name=name,
-        system=SYSTEM,
-        workload="produce",
-        record_bytes=record_bytes,
-        records=merged.records,
-        bytes=merged.value_bytes,
-        seconds=merged.seconds,
+    return merged_measurement(
+        name,
+        "produce",
+        record_bytes,
+        merged,
         latency=latency,
-        timeline=merged.timeline,
         params={
             "mode": "pipelined",
             "topic": topic,
@@ -757,20 +774,14 @@ def run_client(
     ]
     with Profiler(getattr(args, "profile", None), target, "produce-client") as profiler:
         start_ns, results = run_workers(client_worker, plans, timeout_s=seconds + 120)
-    merged = merge_results(results, start_ns)
-    if merged.errors:
-        raise PerfError(f"{name}: " + "; ".join(merged.errors[:5]))
+    merged = merged_or_raise(results, start_ns, name)
     check_stored(target, topic, args.partitions, merged.records)
-    return Measurement(
-        name=name,
-        system=SYSTEM,
-        workload="produce",
-        record_bytes=record_bytes,
-        records=merged.records,
-        bytes=merged.value_bytes,
-        seconds=merged.seconds,
+    return merged_measurement(
+        name,
+        "produce",
+        record_bytes,
+        merged,
         latency=merged.histogram.summary() if merged.histogram else None,
-        timeline=merged.timeline,
         params={
             "mode": "client",
             "client": "confluent-kafka",
@@ -799,6 +810,31 @@ def children_cpu_seconds() -> float:
     """User plus system CPU seconds of this process's finished children."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def run_tool_timed(
+    argv: list[str], seconds: float, timeout_message: str, *, text: bool
+) -> tuple[subprocess.CompletedProcess[Any], float, float]:
+    """Run a tool such as kcat to its exit, bounded by ``seconds``: the
+    finished process, its wall seconds, and the CPU seconds it used.
+
+    A tool still running after ``seconds`` is killed and raises ``PerfError``
+    with ``timeout_message``; a non-zero exit is the caller's to judge.
+    """
+    cpu_before = children_cpu_seconds()
+    started = time.monotonic_ns()
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=text, timeout=seconds, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise PerfError(timeout_message) from exc
+    finished = time.monotonic_ns()
+    return (
+        done,
+        (finished - started) / NANOS_PER_SECOND,
+        children_cpu_seconds() - cpu_before,
+    )
 
 
 def kcat_missing() -> str | None:
@@ -876,33 +912,22 @@ def run_kcat_produce(
             while warm.read(1 << 20):
                 pass
         with Profiler(getattr(args, "profile", None), target, "produce-kcat") as prof:
-            cpu_before = children_cpu_seconds()
-            started = time.monotonic_ns()
-            try:
-                done = subprocess.run(
-                    argv,
-                    capture_output=True,
-                    text=True,
-                    timeout=seconds,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired as exc:
-                raise PerfError(
-                    f"kcat did not produce {records} records within {seconds} s"
-                ) from exc
-            finished = time.monotonic_ns()
-            kcat_cpu = children_cpu_seconds() - cpu_before
+            done, elapsed, kcat_cpu = run_tool_timed(
+                argv,
+                seconds,
+                f"kcat did not produce {records} records within {seconds} s",
+                text=True,
+            )
     if done.returncode != 0:
         raise PerfError(f"kcat -P exited {done.returncode}: {done.stderr[-500:]}")
     check_stored(target, topic, args.partitions, records)
-    return Measurement(
-        name=name,
-        system=SYSTEM,
-        workload="produce",
-        record_bytes=record_bytes,
-        records=records,
-        bytes=records * record_bytes,
-        seconds=(finished - started) / NANOS_PER_SECOND,
+    return records_measurement(
+        name,
+        SYSTEM,
+        "produce",
+        record_bytes,
+        records,
+        elapsed,
         params={
             "tool": "kcat",
             "tool_cpu_seconds": round(kcat_cpu, 3),

@@ -132,6 +132,34 @@ class Measurement:
         }
 
 
+def records_measurement(
+    name: str,
+    system: str,
+    workload: str,
+    record_bytes: int,
+    records: int,
+    seconds: float,
+    *,
+    timeline: list[TimelinePoint] | None = None,
+    params: dict[str, Any] | None = None,
+    note: str = "",
+) -> Measurement:
+    """A figure of ``records`` values of ``record_bytes`` each; its bytes are
+    the values' total (not what crossed the wire)."""
+    return Measurement(
+        name=name,
+        system=system,
+        workload=workload,
+        record_bytes=record_bytes,
+        records=records,
+        bytes=records * record_bytes,
+        seconds=seconds,
+        timeline=timeline if timeline is not None else [],
+        params=params if params is not None else {},
+        note=note,
+    )
+
+
 def latency_measurements(
     system: str,
     record_bytes: int,

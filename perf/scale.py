@@ -36,8 +36,9 @@ from perf.cli import (
     Command,
     PerfError,
     RunContext,
+    add_records_argument,
+    add_seconds_argument,
     positive_float,
-    positive_int,
     size_argument,
     size_list_argument,
 )
@@ -83,14 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--size-points", type=size_list_argument, default="100,1KiB,10KiB,100KiB,1MiB"
     )
-    parser.add_argument(
-        "--seconds", type=positive_float, default=3.0, help="time bound per point"
-    )
-    parser.add_argument(
-        "--records",
-        type=positive_int,
-        default=1 << 40,
-        help="record bound per point (default: only the time bound counts)",
+    add_seconds_argument(parser, 3.0, "time bound per point")
+    add_records_argument(
+        parser, 1 << 40, "record bound per point (default: only the time bound counts)"
     )
     parser.add_argument(
         "--data-bytes",
@@ -212,6 +208,21 @@ def _series_text(scenario: str, unit: str, measurements: list[Measurement]) -> s
     return "\n".join(lines) + "\n"
 
 
+def _add_series(
+    result: RunResult,
+    summary: dict[str, Any],
+    key: str,
+    title: str,
+    unit: str,
+    done: list[Measurement],
+) -> None:
+    """One scenario's points: into the result, as a table, and in the summary
+    as MB/s relative to the first point."""
+    result.measurements += done
+    result.text.append(_series_text(title, unit, done))
+    summary[key] = relative([m.mb_per_s for m in done])
+
+
 def run(args: argparse.Namespace, context: RunContext) -> RunResult:
     scenarios = [s.strip() for s in str(args.scenarios).split(",") if s.strip()]
     unknown = sorted(set(scenarios) - set(SCENARIOS))
@@ -227,9 +238,7 @@ def run(args: argparse.Namespace, context: RunContext) -> RunResult:
                 for p in args.partition_points
                 if (m := _point(target, args, context, "partitions", p, partitions=p))
             ]
-            result.measurements += done
-            result.text.append(_series_text("partitions", "partitions", done))
-            summary["partitions"] = relative([m.mb_per_s for m in done])
+            _add_series(result, summary, "partitions", "partitions", "partitions", done)
 
         if "connections" in scenarios:
             done = []
@@ -247,9 +256,9 @@ def run(args: argparse.Namespace, context: RunContext) -> RunResult:
                 )
                 if m is not None:
                     done.append(m)
-            result.measurements += done
-            result.text.append(_series_text("connections", "connections", done))
-            summary["connections"] = relative([m.mb_per_s for m in done])
+            _add_series(
+                result, summary, "connections", "connections", "connections", done
+            )
 
         if "sizes" in scenarios:
             done = []
@@ -266,9 +275,7 @@ def run(args: argparse.Namespace, context: RunContext) -> RunResult:
                 )
                 if m is not None:
                     done.append(m)
-            result.measurements += done
-            result.text.append(_series_text("record sizes", "bytes", done))
-            summary["sizes"] = relative([m.mb_per_s for m in done])
+            _add_series(result, summary, "sizes", "record sizes", "bytes", done)
 
         if "data" in scenarios:
             records = max(1, args.data_bytes // args.record_bytes)

@@ -24,9 +24,13 @@ from perf.cli import (
     Command,
     PerfError,
     RunContext,
+    add_rate_argument,
+    add_records_argument,
+    add_seconds_argument,
+    add_sizes_argument,
+    add_systems_argument,
     positive_float,
     positive_int,
-    size_list_argument,
 )
 from perf.harness import STAMP, Bounds
 from perf.report import Measurement, Phase, RunResult, Skipped
@@ -48,21 +52,10 @@ def missing_requirement(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--systems", default=",".join(SYSTEMS), help=f"subset of {','.join(SYSTEMS)}"
-    )
-    parser.add_argument(
-        "--sizes",
-        type=size_list_argument,
-        default="100,1KiB",
-        help="record value sizes, comma-separated",
-    )
-    parser.add_argument(
-        "--records", type=positive_int, default=500_000, help="records per produce run"
-    )
-    parser.add_argument(
-        "--seconds", type=positive_float, default=30.0, help="time bound per phase"
-    )
+    add_systems_argument(parser, SYSTEMS)
+    add_sizes_argument(parser)
+    add_records_argument(parser, 500_000, "records per produce run")
+    add_seconds_argument(parser, 30.0, "time bound per phase")
     parser.add_argument(
         "--pipeline", type=positive_int, default=1000, help="Redis XADD per pipeline"
     )
@@ -81,12 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--native-pipeline", type=positive_int, default=100, help="redis-benchmark -P"
     )
-    parser.add_argument(
-        "--rate",
-        type=positive_float,
-        default=10_000.0,
-        help="records/s for the fixed-rate latency run",
-    )
+    add_rate_argument(parser, 10_000.0, "records/s for the fixed-rate latency run")
     parser.add_argument(
         "--latency-seconds",
         type=positive_float,

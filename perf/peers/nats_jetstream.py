@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,7 +36,7 @@ from perf.harness import (
     gc_paused,
     make_value,
 )
-from perf.report import Measurement, Phase
+from perf.report import Measurement, Phase, records_measurement
 from perf.servers import ManagedServer
 
 SYSTEM = "nats-jetstream"
@@ -125,14 +125,13 @@ def _measurement(
     params: dict[str, Any],
     note: str,
 ) -> Measurement:
-    return Measurement(
-        name=f"{SYSTEM}.{name}",
-        system=SYSTEM,
-        workload=workload,
-        record_bytes=record_bytes,
-        records=records,
-        bytes=records * record_bytes,
-        seconds=seconds,
+    return records_measurement(
+        f"{SYSTEM}.{name}",
+        SYSTEM,
+        workload,
+        record_bytes,
+        records,
+        seconds,
         timeline=series.points(),
         params={"client": "nats-py", "event_loop": event_loop_name(), **params},
         note=note,
@@ -315,28 +314,50 @@ async def _measure_size(
     subject = f"{STREAM}.{record_bytes}"
     value = bytes(make_value(record_bytes))
     results: list[Measurement] = []
-    try:
-        # publish_async, then consume what it wrote.
+
+    async def produce_phase(
+        name: str,
+        run_bounds: Bounds,
+        produce: Callable[[Phase], Awaitable[tuple[int, float, ThroughputSeries, str]]],
+        params: dict[str, Any],
+        note: str,
+        *,
+        check_stored: bool,
+    ) -> int:
+        """One produce phase on a fresh stream; returns the records acked."""
         await _reset_stream(js)
-        phase = phase_for("produce", bounds.max_records)
-        sent, seconds, series, reason = await _produce_async(
-            js, subject, value, bounds, clock, phase
-        )
+        phase = phase_for(name, run_bounds.max_records)
+        sent, seconds, series, reason = await produce(phase)
         phase.finish()
-        stored = await _stream_count(js)
-        if stored != sent:
-            raise PerfError(f"nats stream holds {stored} records, {sent} were acked")
+        if check_stored:
+            stored = await _stream_count(js)
+            if stored != sent:
+                raise PerfError(
+                    f"nats stream holds {stored} records, {sent} were acked"
+                )
         results.append(
             _measurement(
                 "produce",
-                "produce",
+                name,
                 record_bytes,
                 sent,
                 seconds,
                 series,
-                {"ack_window": ACK_WINDOW, "stop_reason": reason},
-                "js.publish_async, every record acked",
+                {**params, "stop_reason": reason},
+                note,
             )
+        )
+        return sent
+
+    try:
+        # publish_async, then consume what it wrote.
+        sent = await produce_phase(
+            "produce",
+            bounds,
+            lambda phase: _produce_async(js, subject, value, bounds, clock, phase),
+            {"ack_window": ACK_WINDOW},
+            "js.publish_async, every record acked",
+            check_stored=True,
         )
 
         phase = phase_for("consume", sent)
@@ -363,46 +384,23 @@ async def _measure_size(
         )
 
         # The lean acked publish path, on a fresh stream.
-        await _reset_stream(js)
-        phase = phase_for("produce-window", bounds.max_records)
-        sent, seconds, series, reason = await _produce_window(
-            nc, subject, value, bounds, clock, phase
-        )
-        phase.finish()
-        stored = await _stream_count(js)
-        if stored != sent:
-            raise PerfError(f"nats stream holds {stored} records, {sent} were acked")
-        results.append(
-            _measurement(
-                "produce",
-                "produce-window",
-                record_bytes,
-                sent,
-                seconds,
-                series,
-                {"ack_window": ACK_WINDOW, "stop_reason": reason},
-                "core publish with reply subject, acks counted in one callback",
-            )
+        await produce_phase(
+            "produce-window",
+            bounds,
+            lambda phase: _produce_window(nc, subject, value, bounds, clock, phase),
+            {"ack_window": ACK_WINDOW},
+            "core publish with reply subject, acks counted in one callback",
+            check_stored=True,
         )
 
         # One acked record per round trip.
-        await _reset_stream(js)
-        phase = phase_for("produce-sync", sync_bounds.max_records)
-        sent, seconds, series, reason = await _produce_sync(
-            js, subject, value, sync_bounds, clock, phase
-        )
-        phase.finish()
-        results.append(
-            _measurement(
-                "produce",
-                "produce-sync",
-                record_bytes,
-                sent,
-                seconds,
-                series,
-                {"stop_reason": reason},
-                "js.publish, one acked record per round trip",
-            )
+        await produce_phase(
+            "produce-sync",
+            sync_bounds,
+            lambda phase: _produce_sync(js, subject, value, sync_bounds, clock, phase),
+            {},
+            "js.publish, one acked record per round trip",
+            check_stored=False,
         )
         await js.delete_stream(STREAM)
     finally:

@@ -47,7 +47,7 @@ from perf.harness import (
     run_fixed_rate,
     stamp_value,
 )
-from perf.report import Measurement, Phase, latency_measurements
+from perf.report import Measurement, Phase, latency_measurements, records_measurement
 from perf.servers import ManagedServer
 
 SYSTEM = "redis-streams"
@@ -138,14 +138,13 @@ def produce(
     client.close()
     if length != sent:
         raise PerfError(f"redis stream {key} holds {length} records, {sent} were added")
-    return Measurement(
-        name=f"{SYSTEM}.produce",
-        system=SYSTEM,
-        workload="produce",
-        record_bytes=record_bytes,
-        records=sent,
-        bytes=sent * record_bytes,
-        seconds=seconds,
+    return records_measurement(
+        f"{SYSTEM}.produce",
+        SYSTEM,
+        "produce",
+        record_bytes,
+        sent,
+        seconds,
         timeline=series.points(),
         params={
             "pipeline": pipeline_size,
@@ -193,14 +192,13 @@ def consume(
             f"redis consume read {consumed} of {expected} records "
             f"(last value {len(last_value)} B, expected {record_bytes} B)"
         )
-    return Measurement(
-        name=f"{SYSTEM}.consume",
-        system=SYSTEM,
-        workload="consume",
-        record_bytes=record_bytes,
-        records=consumed,
-        bytes=consumed * record_bytes,
-        seconds=seconds,
+    return records_measurement(
+        f"{SYSTEM}.consume",
+        SYSTEM,
+        "consume",
+        record_bytes,
+        consumed,
+        seconds,
         timeline=series.points(),
         params={"read_count": read_count, "client": client_name()},
         note="XREAD COUNT from the stream start",
@@ -261,14 +259,13 @@ def native_benchmark(
     client.close()
     if length != records:
         raise PerfError(f"redis-benchmark added {length} records, expected {records}")
-    return Measurement(
-        name=f"{SYSTEM}.produce-native",
-        system=SYSTEM,
-        workload="produce",
-        record_bytes=record_bytes,
-        records=records,
-        bytes=records * record_bytes,
-        seconds=records / rate,
+    return records_measurement(
+        f"{SYSTEM}.produce-native",
+        SYSTEM,
+        "produce",
+        record_bytes,
+        records,
+        records / rate,
         params={
             "tool": "redis-benchmark",
             "clients": clients,

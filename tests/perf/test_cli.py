@@ -8,7 +8,22 @@ from pathlib import Path
 import pytest
 
 from perf.__main__ import COMMANDS
-from perf.cli import Command, PerfError, RunContext, build_parser, main
+from perf.cli import (
+    Command,
+    PerfError,
+    RunContext,
+    add_acks_argument,
+    add_partitions_argument,
+    add_rate_argument,
+    add_record_bytes_argument,
+    add_records_argument,
+    add_seconds_argument,
+    add_sizes_argument,
+    add_systems_argument,
+    add_topic_argument,
+    build_parser,
+    main,
+)
 from perf.harness import ManualClock
 from perf.report import Measurement, RunResult, load_json
 
@@ -119,3 +134,74 @@ def test_bad_options_exit_two_with_a_clear_message(
         main(argv, COMMANDS)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def _shared_options_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_record_bytes_argument(parser)
+    add_partitions_argument(parser)
+    add_records_argument(parser, 500, "records per run")
+    add_seconds_argument(parser, 2.5, "time bound per phase")
+    add_rate_argument(parser, None, "records/s")
+    add_acks_argument(parser, "acks while filling")
+    add_topic_argument(parser, "perf-x")
+    add_sizes_argument(parser)
+    add_systems_argument(parser, ("redis", "nats"))
+    return parser
+
+
+def test_shared_option_builders_keep_each_callers_default_and_help() -> None:
+    parser = _shared_options_parser()
+
+    args = parser.parse_args([])
+
+    assert vars(args) == {
+        "record_bytes": 100,
+        "partitions": 1,
+        "records": 500,
+        "seconds": 2.5,
+        "rate": None,
+        "acks": 1,
+        "topic": "perf-x",
+        "sizes": [100, 1024],
+        "systems": "redis,nats",
+    }
+    helps = {a.dest: a.help for a in parser._actions}
+    assert helps["records"] == "records per run"
+    assert helps["seconds"] == "time bound per phase"
+    assert helps["acks"] == "acks while filling"
+    assert helps["topic"] == "topic name prefix"
+    assert helps["systems"] == "subset of redis,nats"
+
+
+def test_shared_option_builders_parse_sizes_counts_and_choices() -> None:
+    parser = _shared_options_parser()
+
+    args = parser.parse_args(
+        [
+            "--record-bytes=1KiB",
+            "--partitions=3",
+            "--records=1_000",
+            "--seconds=0.5",
+            "--rate=250",
+            "--acks=-1",
+            "--sizes=100,2KiB",
+        ]
+    )
+
+    assert args.record_bytes == 1024
+    assert args.partitions == 3
+    assert args.records == 1000
+    assert args.seconds == 0.5
+    assert args.rate == 250.0
+    assert args.acks == -1
+    assert args.sizes == [100, 2048]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["--seconds=0", "--records=0", "--partitions=-1", "--acks=2", "--rate=x"],
+)
+def test_shared_option_builders_refuse_bad_values(bad: str) -> None:
+    with pytest.raises(argparse.ArgumentError):
+        _shared_options_parser().parse_args([bad])

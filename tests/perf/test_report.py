@@ -22,6 +22,7 @@ from perf.report import (
     machine_info,
     markdown_table,
     plot_png,
+    records_measurement,
     result_document,
     validate_result,
     write_json,
@@ -206,3 +207,48 @@ def test_live_progress_when_disabled_accepts_calls_and_draws_nothing() -> None:
         phase.advance(5)
         phase.finish()
     assert not progress.enabled
+
+
+def test_records_measurement_counts_bytes_as_records_times_value_size() -> None:
+    params = {"topic": "t"}
+    timeline = [TimelinePoint(0.5, 1000.0, 100_000.0)]
+
+    m = records_measurement(
+        "ringbus.consume-kcat",
+        "ringbus",
+        "consume",
+        100,
+        2000,
+        2.0,
+        timeline=timeline,
+        params=params,
+        note="kcat",
+    )
+
+    assert m == Measurement(
+        name="ringbus.consume-kcat",
+        system="ringbus",
+        workload="consume",
+        record_bytes=100,
+        records=2000,
+        bytes=200_000,
+        seconds=2.0,
+        timeline=timeline,
+        params=params,
+        note="kcat",
+    )
+    # The caller's dict is the measurement's: later notes land in the result.
+    assert m.params is params
+    assert m.records_per_s == 1000.0
+
+
+def test_records_measurement_gives_each_figure_its_own_empty_fields() -> None:
+    first = records_measurement("a", "x", "produce", 10, 1, 1.0)
+    second = records_measurement("b", "x", "produce", 10, 1, 1.0)
+
+    first.params["broker"] = "here"
+    first.timeline.append(TimelinePoint(0.0, 1.0, 10.0))
+
+    assert (first.bytes, first.note, first.latency) == (10, "", None)
+    assert second.params == {}
+    assert second.timeline == []

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from perf.harness import TimelinePoint
-from perf.scale import flatness, relative, tenths
+from perf.report import Measurement, RunResult
+from perf.scale import _add_series, flatness, relative, tenths
 
 
 def test_relative_divides_by_the_first_point() -> None:
@@ -43,3 +46,31 @@ def test_flatness_fails_when_a_middle_tenth_drops_beyond_the_tolerance() -> None
     assert flatness(dipped, 0.3) == (0.7, True)
     # Fewer than ten tenths measured is never flat.
     assert flatness([100.0] * 9, 0.25) == (1.0, False)
+
+
+def test_add_series_records_points_table_and_relative_summary() -> None:
+    points = [
+        Measurement(
+            f"ringbus.scale-sizes-{size}",
+            "ringbus",
+            "produce",
+            1000,
+            mb * 10**6,
+            1.0,
+            record_bytes=size,
+            params={"point": size},
+        )
+        for size, mb in ((100, 200), (1000, 100))
+    ]
+    result = RunResult()
+    summary: dict[str, Any] = {}
+
+    _add_series(result, summary, "sizes", "record sizes", "bytes", points)
+
+    assert result.measurements == points
+    assert summary == {"sizes": [1.0, 0.5]}
+    assert result.text[0].splitlines()[:2] == [
+        "record sizes:",
+        "| bytes | records/s | MB/s | MB/s vs first |",
+    ]
+    assert "| 1,000 | 1,000 | 100.0 | 0.50 |" in result.text[0]
