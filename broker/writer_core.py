@@ -109,9 +109,6 @@ SYNC_THREADS = 8
 # gone; its clients get no answer either way).
 STOPPING_COMPLETION_WAIT_S = 2.0
 
-# Byte offsets of baseOffset within a batch, for the scatter into the ring.
-_BASE_OFFSET_BYTES = np.arange(8, dtype=np.int64)
-
 # Header bytes 8..60 as read from the ring, one record per descriptor; only
 # the fields the turn needs are named (offsets relative to byte 8).
 _HEADER_FROM = 8
@@ -191,7 +188,22 @@ class _Turn:
     # stamped (LogAppendTime topics).
     append_time: npt.NDArray[np.int64]
     now_ms: int
+    # Facts about the whole turn, computed once so that the per-partition
+    # steps skip what no descriptor needs (each is a few numpy calls, the
+    # main cost of a turn of one batch).
+    # Some descriptor may be a redelivered one (``already`` may be set).
+    redelivery: bool
+    # Every descriptor is a batch whose framing checked out (no DeleteRecords,
+    # no unknown kind, nothing CORRUPT_MESSAGE).
+    all_valid: bool
+    # Some batch carries a producer id (idempotence checks needed).
+    producers: bool
+    # Every partition index is a row of the commit and partition tables
+    # (set by turn(), which has them sorted).
+    in_table: bool
     touched: list[Partition] = field(default_factory=list)
+    # The descriptors of each touched partition, as in turn() (for _commit).
+    touched_groups: list[npt.NDArray[np.int64]] = field(default_factory=list)
     producer_turns: list[tuple[Partition, ProducerTurn]] = field(default_factory=list)
     rolled: list[Partition] = field(default_factory=list)
     # Partition -> indices of its acks=-1 descriptors: flush, then answer.
@@ -256,16 +268,19 @@ class WriterCore:
         )
         self.partitions = partitions
         self.commits = commits
+        # Partition indexes below this are rows of both the commit record
+        # and the partition state table.
+        self._table_rows = min(commits.rows, len(partitions.log_start_offsets))
         self.wake = wake
         self.net_wakes = list(net_wakes)
         self.should_stop = should_stop
         self.beat = beat
         self._counters = _Counters(counters, slot)
 
-        # The ring data areas: memoryviews for writev, byte arrays for the
-        # baseOffset scatter, and read-only windows of HEADER_SIZE bytes
-        # starting at every position, so one fancy index copies the header
-        # bytes of every batch of a turn.
+        # The ring data areas: memoryviews for writev, byte arrays, and
+        # read-only windows of HEADER_SIZE bytes starting at every position,
+        # so one fancy index copies the header bytes of every batch of a
+        # turn.
         self._datas = [receiver.data for receiver in self.receivers]
         self._data_bytes: list[npt.NDArray[np.uint8]] = [
             np.frombuffer(data, dtype=np.uint8) for data in self._datas
@@ -274,6 +289,13 @@ class WriterCore:
             np.lib.stride_tricks.sliding_window_view(data, HEADER_SIZE)
             for data in self._data_bytes
         ]
+        # And a big-endian int64 starting at every position (unaligned;
+        # numpy swaps and stores bytewise), so one fancy assignment writes
+        # the baseOffsets of a turn's batches.
+        self._base_offset_slots: list[npt.NDArray[np.int64]] = []
+        for data in self._data_bytes:
+            eights = np.lib.stride_tricks.sliding_window_view(data, 8, writeable=True)
+            self._base_offset_slots.append(eights.view(">i8")[:, 0])
 
         self._sync_pool: ThreadPoolExecutor | None = None
 
@@ -342,6 +364,7 @@ class WriterCore:
         self.partitions.rows.close()
         self.commits.close()
         self._header_windows.clear()
+        self._base_offset_slots.clear()
         self._data_bytes.clear()
         self._datas.clear()
 
@@ -410,11 +433,16 @@ class WriterCore:
         if turn is None:
             return 0
 
-        order = np.argsort(turn.partition, kind="stable")
+        # Methods rather than np.argsort/np.diff/np.flatnonzero: the same
+        # results without numpy's Python-level dispatch (a few us a turn).
+        order = turn.partition.argsort(kind="stable")
         ordered = turn.partition[order]
-        starts = np.flatnonzero(np.diff(ordered)) + 1
+        starts = (ordered[1:] != ordered[:-1]).nonzero()[0] + 1
         bounds = [0, *starts.tolist(), len(order)]
-        indexes = ordered[bounds[:-1]].tolist()
+        # ordered[bounds[:-1]] without turning a Python list into an index.
+        indexes = [*ordered[:1].tolist(), *ordered[starts].tolist()]
+        # Sorted: the first and last index bound them all.
+        turn.in_table = indexes[0] >= 0 and indexes[-1] < self._table_rows
         self._resolve_partitions(indexes)
         for index, first, end in zip(indexes, bounds[:-1], bounds[1:], strict=True):
             group = order[first:end]
@@ -478,15 +506,23 @@ class WriterCore:
         kind = column("kind")
         length = column("data_length")
         position = column("data_position")
-        ring = np.concatenate(
-            [np.full(len(chunk[1]), chunk[0], np.int64) for chunk in chunks]
-        )
-        sequence = np.concatenate(
-            [
-                np.arange(chunk[2], chunk[2] + len(chunk[1]), dtype=np.int64)
-                for chunk in chunks
-            ]
-        )
+        if len(chunks) == 1:
+            # One chunk (the usual case): no concatenation, and np.empty +
+            # fill rather than np.full (its Python-level overhead).
+            number, _, first = chunks[0]
+            ring = np.empty(total, np.int64)
+            ring.fill(number)
+            sequence = np.arange(first, first + total, dtype=np.int64)
+        else:
+            ring = np.concatenate(
+                [np.full(len(chunk[1]), chunk[0], np.int64) for chunk in chunks]
+            )
+            sequence = np.concatenate(
+                [
+                    np.arange(chunk[2], chunk[2] + len(chunk[1]), dtype=np.int64)
+                    for chunk in chunks
+                ]
+            )
 
         # Header fields of every batch, gathered per ring's data area. A
         # payload too short for a header is read at position 0 and marked
@@ -494,7 +530,9 @@ class WriterCore:
         is_batch = (kind == KIND_BATCH) & (length >= HEADER_SIZE)
         parts = []
         for number, start, end in ring_bounds:
-            where = np.where(is_batch[start:end], position[start:end], 0)
+            # position * is_batch: position where a batch, else 0 (cheaper
+            # than np.where).
+            where = position[start:end] * is_batch[start:end]
             windows = self._header_windows[number]
             parts.append(windows[where, _HEADER_FROM:])
         raw = parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -505,19 +543,28 @@ class WriterCore:
             & (header["magic"] == MAGIC_V2)
             & (header["last_offset_delta"] >= 0)
         )
+        # count_nonzero: the cheapest numpy test of a bool array.
+        all_valid = np.count_nonzero(valid) == total
+        producers = bool(np.count_nonzero(header["producer_id"][valid] >= 0))
 
         # Applied by a writer that died before releasing them?
         already = np.zeros(total, dtype=bool)
-        if any(first < self._redelivered_below[number] for number, _, first in chunks):
+        redelivery = any(
+            first < self._redelivered_below[number] for number, _, first in chunks
+        )
+        if redelivery:
             applied = self.commits.applied
             in_range = (partition >= 0) & (partition < applied.shape[0])
             already[in_range] = (
                 sequence[in_range] <= applied[partition[in_range], ring[in_range]]
             )
-        base = np.full(total, -1, dtype=np.int64)
+            redelivery = bool(already.any())
+        base = np.empty(total, dtype=np.int64)
+        base.fill(-1)
         error = np.zeros(total, dtype=np.int16)
-        append_time = np.full(total, -1, dtype=np.int64)
-        if already.any():
+        append_time = np.empty(total, dtype=np.int64)
+        append_time.fill(-1)
+        if redelivery:
             base[already] = column("base_offset")[already]
             error[already] = column("error_code")[already]
             # A stamped batch still carries its append time in the ring.
@@ -557,6 +604,10 @@ class WriterCore:
             error=error,
             append_time=append_time,
             now_ms=int(time.time() * 1000),
+            redelivery=redelivery,
+            all_valid=all_valid,
+            producers=producers,
+            in_table=False,  # set by turn() from the sorted partition indexes
         )
 
     def _resolve_partitions(self, indexes: list[int]) -> None:
@@ -571,40 +622,50 @@ class WriterCore:
         self, partition: Partition, group: npt.NDArray[np.int64], turn: _Turn
     ) -> None:
         """Decide every descriptor of one partition and append its batches."""
-        already = turn.already[group]
-        if already.any():
-            done = group[already]
-            needs_sync = done[turn.acks[done] == -1]
-            if len(needs_sync):
-                turn.flush.setdefault(partition, []).append(needs_sync)
-            group = group[~already]
-            if not len(group):
-                return
+        touched_group = group
+        if turn.redelivery:
+            already = turn.already[group]
+            if already.any():
+                done = group[already]
+                needs_sync = done[turn.acks[done] == -1]
+                if len(needs_sync):
+                    turn.flush.setdefault(partition, []).append(needs_sync)
+                group = group[~already]
+                if not len(group):
+                    return
         turn.touched.append(partition)
+        turn.touched_groups.append(touched_group)
 
-        kinds = turn.kind[group]
-        other = group[(kinds != KIND_BATCH) & (kinds != KIND_DELETE_RECORDS)]
-        turn.error[other] = ErrorCode.INVALID_REQUEST
-        deletes = group[kinds == KIND_DELETE_RECORDS]
-        batches = group[kinds == KIND_BATCH]
-        if not partition.online:
-            turn.error[deletes] = ErrorCode.KAFKA_STORAGE_ERROR
-            turn.error[batches] = ErrorCode.KAFKA_STORAGE_ERROR
-            return
-        if len(deletes):
-            self._delete_records(partition, deletes, turn)
+        if turn.all_valid:
+            # Only valid batches this turn: nothing to sort out.
+            batches = group
             if not partition.online:
                 turn.error[batches] = ErrorCode.KAFKA_STORAGE_ERROR
                 return
-        if not len(batches):
-            return
-
-        valid = turn.valid[batches]
-        if not valid.all():
-            turn.error[batches[~valid]] = ErrorCode.CORRUPT_MESSAGE
-            batches = batches[valid]
+        else:
+            kinds = turn.kind[group]
+            other = group[(kinds != KIND_BATCH) & (kinds != KIND_DELETE_RECORDS)]
+            turn.error[other] = ErrorCode.INVALID_REQUEST
+            deletes = group[kinds == KIND_DELETE_RECORDS]
+            batches = group[kinds == KIND_BATCH]
+            if not partition.online:
+                turn.error[deletes] = ErrorCode.KAFKA_STORAGE_ERROR
+                turn.error[batches] = ErrorCode.KAFKA_STORAGE_ERROR
+                return
+            if len(deletes):
+                self._delete_records(partition, deletes, turn)
+                if not partition.online:
+                    turn.error[batches] = ErrorCode.KAFKA_STORAGE_ERROR
+                    return
             if not len(batches):
                 return
+
+            valid = turn.valid[batches]
+            if not valid.all():
+                turn.error[batches[~valid]] = ErrorCode.CORRUPT_MESSAGE
+                batches = batches[valid]
+                if not len(batches):
+                    return
         self._append(partition, batches, turn)
 
     def _contain_fault(
@@ -636,6 +697,7 @@ class WriterCore:
         turn.rolled = [t for t in turn.rolled if t is not partition]
         if partition not in turn.touched:
             turn.touched.append(partition)
+            turn.touched_groups.append(group)
         self.partitions.fail(partition, exc)
 
     def _append(
@@ -648,12 +710,15 @@ class WriterCore:
 
         pending: npt.NDArray[np.int64] = batches[:0]
         producer_turn: ProducerTurn | None = None
-        if (header["producer_id"][batches] >= 0).any():
+        # Without producer checks every batch here is answered (nothing
+        # else sets their error codes).
+        answered = batches
+        if turn.producers and (header["producer_id"][batches] >= 0).any():
             producer_turn = partition.producers.begin_turn()
             accepted, pending = self._check_producers(producer_turn, batches, end, turn)
+            answered = batches[turn.error[batches] == ErrorCode.NONE]
         else:
             accepted = batches
-        answered = batches[turn.error[batches] == ErrorCode.NONE]
         synced = answered[turn.acks[answered] == -1]
         if not len(accepted):
             if len(synced):
@@ -673,7 +738,9 @@ class WriterCore:
         )
         active_before = log.active_segment_base_offset
         try:
-            buffers = self._set_base_offsets(rings, positions, lengths, bases)
+            buffers = self._set_base_offsets(
+                rings, positions, lengths, bases, one_ring=len(turn.ring_bounds) == 1
+            )
             writes = log.append_assigned(buffers, columns, turn.now_ms)
         except LogStorageError as exc:
             # The log undid the append (or its reopen will: nothing of this
@@ -720,29 +787,32 @@ class WriterCore:
         positions: npt.NDArray[np.int64],
         lengths: npt.NDArray[np.int64],
         bases: npt.NDArray[np.int64],
+        *,
+        one_ring: bool = False,
     ) -> list[memoryview]:
         """Write each batch's baseOffset into the ring (one numpy scatter per
         ring) and return the batches' bytes for writev: one memoryview per
-        run of batches that lie back to back in one ring."""
-        big_endian = bases.astype(">i8").view(np.uint8).reshape(-1, 8)
+        run of batches that lie back to back in one ring. ``one_ring``: the
+        caller knows every batch is in one ring (the turn had one)."""
         ends = positions + lengths
         # Runs break where a batch does not start where the previous ended
         # (a wrap, another partition's batches) or in another ring.
         apart = positions[1:] != ends[:-1]
-        one_ring = bool(rings[0] == rings[-1]) and bool((rings == rings[0]).all())
+        first_ring = int(rings[0])
+        one_ring = one_ring or (
+            first_ring == int(rings[-1]) and np.count_nonzero(rings != first_ring) == 0
+        )
         if one_ring:
-            data = self._data_bytes[int(rings[0])]
-            data[positions[:, None] + _BASE_OFFSET_BYTES] = big_endian
+            self._base_offset_slots[first_ring][positions] = bases
         else:
             apart |= rings[1:] != rings[:-1]
             for ring in np.unique(rings).tolist():
                 mine = rings == ring
-                data = self._data_bytes[ring]
-                data[positions[mine][:, None] + _BASE_OFFSET_BYTES] = big_endian[mine]
+                self._base_offset_slots[ring][positions[mine]] = bases[mine]
 
-        breaks = np.flatnonzero(apart)
+        breaks = apart.nonzero()[0]
         if not len(breaks) and one_ring:
-            return [self._datas[int(rings[0])][int(positions[0]) : int(ends[-1])]]
+            return [self._datas[first_ring][int(positions[0]) : int(ends[-1])]]
         firsts = [0, *(breaks + 1).tolist()]
         lasts = [*breaks.tolist(), len(positions) - 1]
         datas = self._datas
@@ -835,14 +905,13 @@ class WriterCore:
     def _commit(self, turn: _Turn) -> None:
         if not turn.touched:
             return
-        partition = turn.partition
-        touched_rows = np.zeros(self.commits.rows, dtype=bool)
-        touched_rows[[touched.index for touched in turn.touched]] = True
-        in_range = (partition >= 0) & (partition < self.commits.rows)
-        known = in_range & touched_rows[np.where(in_range, partition, 0)]
+        # The descriptors of the touched partitions (each group holds every
+        # descriptor of its partition index): their sequences are applied.
+        groups = turn.touched_groups
+        known = groups[0] if len(groups) == 1 else np.concatenate(groups)
         np.maximum.at(
             self.commits.applied,
-            (partition[known], turn.ring[known]),
+            (turn.partition[known], turn.ring[known]),
             turn.sequence[known],
         )
 
@@ -867,7 +936,7 @@ class WriterCore:
         lock). The answers go out only after these syncs returned."""
         jobs: list[tuple[Partition, PartitionLog, npt.NDArray[np.int64]]] = []
         for partition, groups in turn.flush.items():
-            waiting = np.concatenate(groups)
+            waiting = groups[0] if len(groups) == 1 else np.concatenate(groups)
             log = partition.log
             if not partition.online or log is None:
                 turn.error[waiting] = ErrorCode.KAFKA_STORAGE_ERROR
@@ -901,12 +970,18 @@ class WriterCore:
     def _complete(self, turn: _Turn) -> None:
         """One completion per descriptor, to the ring it came from."""
         starts = self.partitions.log_start_offsets
-        in_range = (turn.partition >= 0) & (turn.partition < len(starts))
-        log_start = np.where(
-            in_range, starts[np.clip(turn.partition, 0, len(starts) - 1)], -1
-        )
-        base = turn.base.copy()
-        base[turn.kind == KIND_DELETE_RECORDS] = -1
+        if turn.in_table:
+            log_start = starts[turn.partition]
+        else:
+            in_range = (turn.partition >= 0) & (turn.partition < len(starts))
+            log_start = np.where(
+                in_range, starts[np.clip(turn.partition, 0, len(starts) - 1)], -1
+            )
+        base = turn.base
+        if not turn.all_valid:
+            # DeleteRecords answers carry no base offset.
+            base = base.copy()
+            base[turn.kind == KIND_DELETE_RECORDS] = -1
         for number, start, end in turn.ring_bounds:
             sender = self.completion_senders[number]
             reservation = self._reserve_completions(sender, end - start)

@@ -658,7 +658,8 @@ class PartitionLog:
         appended now, in order: the log end offset, then each previous
         batch's last offset + 1."""
         counts = np.add(last_offset_deltas, 1, dtype=np.int64)
-        bases: Int64s = np.cumsum(counts)
+        # The method skips np.cumsum's Python-level dispatch (about 1 us).
+        bases: Int64s = counts.cumsum()
         bases += self.log_end_offset
         bases -= counts
         return bases
@@ -683,10 +684,12 @@ class PartitionLog:
                 f"{name}: first base offset {int(bases[0])}, log end offset "
                 f"{self.log_end_offset}"
             )
+        # count_nonzero of the failures: the cheapest numpy form of these
+        # tests for the few batches of a small turn.
         if (
-            not bool((lasts >= bases).all())
-            or not bool((bases[1:] == lasts[:-1] + 1).all())
-            or int(sizes.min()) < HEADER_SIZE
+            np.count_nonzero(lasts < bases)
+            or np.count_nonzero(bases[1:] != lasts[:-1] + 1)
+            or np.count_nonzero(sizes < HEADER_SIZE)
         ):
             raise ValueError(
                 f"{name}: batch columns are not contiguous offsets of whole "
