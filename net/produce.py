@@ -125,8 +125,7 @@ class ProducePath:
         self.waiting_for_space = False
         # Half the data area: one batch may never need more, so a request
         # always fits once the ring drains.
-        self.ring_bytes = process.settings.ring_bytes
-        self.max_batch_bytes = self.ring_bytes // 2
+        self.max_batch_bytes = process.settings.ring_bytes // 2
 
         counters = process.memory.counters
         self.counters = process.runtime.counters
