@@ -7,7 +7,7 @@ options and the JSON/table/plot outputs come with it.
 
 from __future__ import annotations
 
-from perf import compare, consume, latency, limits, peers, produce, scale
+from perf import compare, consume, hops, latency, limits, peers, produce, scale
 from perf.cli import Command, run_from_command_line
 
 COMMANDS: tuple[Command, ...] = (
@@ -16,6 +16,7 @@ COMMANDS: tuple[Command, ...] = (
     produce.COMMAND,
     consume.COMMAND,
     latency.COMMAND,
+    hops.COMMAND,
     compare.COMMAND,
     scale.COMMAND,
 )

@@ -70,6 +70,7 @@ def test_registry_holds_every_perf_command() -> None:
         "produce",
         "consume",
         "latency",
+        "hops",
         "compare",
         "scale",
     ]

@@ -115,3 +115,31 @@ def test_produce_pipelined_and_consume_run_against_a_real_broker(
         (client,) = again["measurements"]
         assert client["name"] == "ringbus.consume-client"
         assert client["records"] == fill["records"]
+
+
+def test_hops_measures_produce_fetch_and_echo_after_each_pause(
+    tmp_path: Path,
+) -> None:
+    # Started by the command itself: a fresh broker on loopback, stopped by PID.
+    document = perf(tmp_path, "hops", "hops", "--pauses", "0,1ms", "--count", "50")
+
+    names = [m["name"] for m in document["measurements"]]
+    assert names == [
+        "ringbus.hops-ack-0us",
+        "ringbus.hops-fetch-0us",
+        "machine.echo-0us",
+        "ringbus.hops-ack-1000us",
+        "ringbus.hops-fetch-1000us",
+        "machine.echo-1000us",
+    ]
+    for m in document["measurements"]:
+        assert m["records"] == 50
+        assert m["latency_us"]["count"] == 50
+        assert 0 < m["latency_us"]["p50"] <= m["latency_us"]["max"]
+    # A round trip through the broker cannot beat an echo between two
+    # processes: it crosses more of them.
+    by_name = {m["name"]: m for m in document["measurements"]}
+    assert (
+        by_name["ringbus.hops-ack-0us"]["latency_us"]["min"]
+        > by_name["machine.echo-0us"]["latency_us"]["min"]
+    )
