@@ -19,7 +19,8 @@ Modules:
   frames over raw sockets.
 - ``ringbus``: the broker a run targets (started for the run or given), and
   py-spy profiles of its processes.
-- ``produce``, ``consume``, ``latency``, ``scale``: the Ringbus subcommands.
+- ``produce``, ``consume``, ``latency``, ``hops``, ``scale``: the Ringbus
+  subcommands.
 - ``limits``: the machine's ceilings; ``peers`` (with ``peers.redis_streams``
   and ``peers.nats_jetstream``): the same shapes against other servers.
 - ``compare``, ``targets``: everything in one run, and the verdict per target.
