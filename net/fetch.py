@@ -85,8 +85,10 @@ ONLINE = 1
 class PartitionFiles:
     """One partition's segments as seen by this process."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, name: str) -> None:
         self.directory = directory
+        # "<topic>-<partition>": compared on every fetch, cheaper than a Path.
+        self.name = name
         self.bases: list[int] = []
         self.version = -1
         self.readers: dict[int, SegmentReader] = {}
@@ -211,11 +213,12 @@ class FetchPath:
 
     def _files(self, index: int, topic: str, partition: int) -> PartitionFiles:
         files = self.files.get(index)
-        expected = self.process.settings.data_dir / f"{topic}-{partition}"
-        if files is None or files.directory != expected:
+        name = f"{topic}-{partition}"
+        # A row reused for another partition (a topic deleted and created).
+        if files is None or files.name != name:
             if files is not None:
                 files.close()
-            files = PartitionFiles(expected)
+            files = PartitionFiles(self.process.settings.data_dir / name, name)
             self.files[index] = files
         return files
 

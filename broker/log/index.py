@@ -365,10 +365,12 @@ class OffsetIndex(_MappedIndex):
         # At most two passes: again only when the search ran past a full
         # mapping of a file that has grown since (read side).
         for _ in range(2):
-            by_offset = np.searchsorted(
-                self._columns["relative_offset"], target, "right"
-            )
-            by_position = np.searchsorted(self._columns["position"], bound, "right")
+            # The methods, not np.searchsorted: the same search without its
+            # Python-level dispatch (once per fetch). A remap replaces
+            # _columns, so it is read on each pass.
+            columns = self._columns
+            by_offset = columns["relative_offset"].searchsorted(target, "right")
+            by_position = columns["position"].searchsorted(bound, "right")
             found = int(min(by_offset, by_position))
             if found < len(self._entries) or not self._remap_if_grown():
                 break

@@ -182,6 +182,13 @@ _Entries = list[tuple[int, int]] | tuple[Int64s, Int64s]
 _Plan = tuple[_Tracking, _Entries, _Entries]
 
 
+# Bytes one pread of a header scan takes: the default index interval (4 KiB)
+# and room for headers past it, so the scan from an index entry to the batch
+# it leads to is usually one read. Page-cache bytes copy at several GB/s: reading a
+# little past the batch sought costs less than a second syscall.
+SCAN_READ_BYTES = 4096 + 2 * HEADER_SIZE
+
+
 def _read_header(fd: int, position: int) -> BatchHeader | None:
     data = os.pread(fd, HEADER_SIZE, position)
     if len(data) < HEADER_SIZE:
@@ -199,19 +206,33 @@ def _scan(
     timestamp: int | None = None,
     expected_base_offset: int | None = None,
 ) -> tuple[int, BatchHeader] | None:
-    """Walk batch headers from ``start`` (pread, header bytes only) to the
-    first batch whose last offset >= ``offset`` or whose maxTimestamp >=
-    ``timestamp``; None when no batch below ``end_position`` qualifies.
+    """Walk batch headers from ``start`` to the first batch whose last
+    offset >= ``offset`` or whose maxTimestamp >= ``timestamp``; None when
+    no batch below ``end_position`` qualifies.
+
+    Reads ``SCAN_READ_BYTES`` at a time and walks the headers inside each
+    read, so the few kilobytes between an index entry and the batch sought
+    cost one pread, not one per batch (small batches: dozens). A header
+    beyond the bytes read starts a new read there. Nothing at or past
+    ``end_position`` is read: bytes there may still be being written.
 
     ``expected_base_offset`` is what an index entry promised for the batch
     at ``start``; a mismatch raises CorruptSegmentError.
     """
     position = start
+    chunk = b""
+    chunk_start = start
     # Every batch is at least HEADER_SIZE bytes, so this loop is bounded.
     while position + HEADER_SIZE <= end_position:
-        header = _read_header(fd, position)
-        if header is None:
-            return None  # the file was cut shorter (a truncation raced us)
+        at = position - chunk_start
+        if at + HEADER_SIZE > len(chunk):
+            chunk_start, at = position, 0
+            chunk = os.pread(
+                fd, min(SCAN_READ_BYTES, end_position - position), position
+            )
+            if len(chunk) < HEADER_SIZE:
+                return None  # the file was cut shorter (a truncation raced us)
+        header = BatchHeader._make(HEADER.unpack_from(chunk, at))
         if header.magic != MAGIC_V2 or header.batch_length < MIN_BATCH_LENGTH:
             raise CorruptSegmentError(
                 path,

@@ -19,6 +19,7 @@ import broker.log.segment as segment_module
 from broker.log.batch import build_batch
 from broker.log.partition import LogConfig, PartitionLog
 from broker.log.segment import (
+    HEADER_SIZE,
     BatchColumns,
     BatchMeta,
     Segment,
@@ -66,10 +67,50 @@ def _holding_batch(scanned: list[Any], offset: int) -> Any:
     return next(batch for batch in scanned if batch.last_offset >= offset)
 
 
+@pytest.mark.parametrize("read_bytes", [HEADER_SIZE, HEADER_SIZE + 7, 1000])
+def test_scan_reads_cut_anywhere_find_the_same_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_bytes: int
+) -> None:
+    # No index entry after the first: every lookup scans from position 0,
+    # across reads that end mid-header, mid-batch and exactly on a header.
+    shapes = [(1 + i % 3, 20 + 37 * (i % 5), i) for i in range(60)]
+    log = _fill(tmp_path, shapes, interval=1 << 30, segment_bytes=1 << 20, group=4)
+    scanned = scan_directory(tmp_path / "t-0")
+    monkeypatch.setattr(segment_module, "SCAN_READ_BYTES", read_bytes)
+
+    for offset in range(log.log_end_offset):
+        assert log.read_position(offset).position == (
+            _holding_batch(scanned, offset).position
+        )
+    log.close()
+
+
+def test_a_scan_within_one_index_interval_is_one_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 100 B values: about 25 batches per 4 KiB index interval.
+    shapes = [(1, 100, i) for i in range(400)]
+    log = _fill(tmp_path, shapes, interval=4096, segment_bytes=1 << 20, group=1)
+    reads = 0
+    original = os.pread
+
+    def counting(fd: int, length: int, position: int) -> bytes:
+        nonlocal reads
+        reads += 1
+        return original(fd, length, position)
+
+    monkeypatch.setattr(os, "pread", counting)
+    log.read_position(log.log_end_offset - 1)
+
+    assert reads == 1
+    log.close()
+
+
 @PROPERTY_SETTINGS
 @given(
     shapes=batch_shapes,
-    interval=st.sampled_from([1, 64, 300, 1000, 4096]),
+    # Past 4 KiB, a scan from an index entry spans several reads.
+    interval=st.sampled_from([1, 64, 300, 1000, 4096, 20_000, 1 << 20]),
     segment_bytes=st.sampled_from([700, 2_000, 1 << 20]),
     group=st.integers(1, 7),
 )
