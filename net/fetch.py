@@ -438,19 +438,31 @@ class FetchPath:
         for parked in self.parked:
             if parked.connection.closed:
                 continue
-            # Re-evaluating reads only; the session changes when answered.
-            built = self._build(parked.context, parked.body)
-            if built.size >= parked.body["min_bytes"] or now >= parked.deadline:
-                self._answer(
-                    parked.connection,
-                    parked.header,
-                    parked.slot,
-                    parked.context,
-                    built,
-                    parked.started_ns,
+            try:
+                # Re-evaluating reads only; the session changes when answered.
+                built = self._build(parked.context, parked.body)
+                if built.size >= parked.body["min_bytes"] or now >= parked.deadline:
+                    self._answer(
+                        parked.connection,
+                        parked.header,
+                        parked.slot,
+                        parked.context,
+                        built,
+                        parked.started_ns,
+                    )
+                else:
+                    still.append(parked)
+            except Exception:
+                # An internal fault fails this fetch's connection, as in
+                # handle_frame; the other parked fetches are still served.
+                event(
+                    logger,
+                    logging.ERROR,
+                    "fetch.failed",
+                    exc_info=True,
+                    peer=parked.connection.peer,
                 )
-            else:
-                still.append(parked)
+                parked.connection.close("internal error", level=logging.ERROR)
         self.parked = still
         self._publish_parked()
         self.timer = None

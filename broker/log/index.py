@@ -366,11 +366,10 @@ class OffsetIndex(_MappedIndex):
         # mapping of a file that has grown since (read side).
         for _ in range(2):
             # The methods, not np.searchsorted: the same search without its
-            # Python-level dispatch (once per fetch). A remap replaces
-            # _columns, so it is read on each pass.
-            columns = self._columns
-            by_offset = columns["relative_offset"].searchsorted(target, "right")
-            by_position = columns["position"].searchsorted(bound, "right")
+            # Python-level dispatch (once per fetch). No view of the mapping
+            # may outlive this pass: a remap closes it.
+            by_offset = self._columns["relative_offset"].searchsorted(target, "right")
+            by_position = self._columns["position"].searchsorted(bound, "right")
             found = int(min(by_offset, by_position))
             if found < len(self._entries) or not self._remap_if_grown():
                 break

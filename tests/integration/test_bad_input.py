@@ -12,6 +12,7 @@ and the broker has logged no ERROR.
 
 from __future__ import annotations
 
+import functools
 import re
 import socket
 import struct
@@ -65,10 +66,30 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
                 ACKS_TOPIC,
             ):
                 create_topic(wire, name, partitions)
+            # CreateTopics answers once the metadata is stored; the writer
+            # brings the partitions online shortly after (clients retry an
+            # unknown partition, these tests assert on the first answer).
+            for name, partitions in (
+                GOOD_TOPIC,
+                CORRUPT_TOPIC,
+                COUNT_TOPIC,
+                ACKS_TOPIC,
+            ):
+                wait_for(
+                    functools.partial(_online, wire, name, partitions),
+                    30,
+                    f"{name} online",
+                )
         yield process
         assert process.stop() == 0, process.log_text()[-4000:]
     finally:
         process.cleanup()
+
+
+def _online(wire: Wire, name: str, partitions: int) -> bool:
+    """Whether ListOffsets answers every partition of ``name`` without error."""
+    answers = list_offsets(wire, name, range(partitions))
+    return all(code == 0 for code, _ in answers.values())
 
 
 def create_topic(wire: Wire, name: str, partitions: int) -> None:

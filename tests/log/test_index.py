@@ -80,6 +80,28 @@ def test_offset_index_reader_sees_appends_after_it_mapped(tmp_path: Path) -> Non
     reader.close()
 
 
+def test_offset_index_reader_maps_again_when_the_file_grew(tmp_path: Path) -> None:
+    path = tmp_path / "a.index"
+    first_page = GROW_FROM_BYTES // 8
+    writer = _offset_index(
+        path, [(i, i * 100) for i in range(first_page)], capacity=4 * first_page
+    )
+    reader = OffsetIndex(path, writable=False)
+    assert reader.capacity == first_page  # full: every slot in use
+
+    # The writer grows the file past the reader's mapping.
+    writer.append(first_page + 10, first_page * 100 + 50)
+
+    # The lookup runs past the mapping, maps the file again and finds the
+    # new entry; the lookups after it use the new mapping.
+    assert reader.lookup(10**6) == (first_page + 10, first_page * 100 + 50)
+    assert reader.capacity > first_page
+    assert reader.lookup(first_page + 9) == (first_page - 1, (first_page - 1) * 100)
+    assert reader.lookup(3) == (3, 300)
+    writer.close()
+    reader.close()
+
+
 def test_offset_index_trim_keeps_old_mappings_readable(tmp_path: Path) -> None:
     path = tmp_path / "a.index"
     writer = _offset_index(path, [(1, 8), (5, 300)], capacity=1024)
