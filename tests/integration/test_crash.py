@@ -100,6 +100,11 @@ class NumberedLoad:
         # producer does not keep reconnecting for the rest of the session.
         self.producer.purge()
         self.producer.flush(0)
+        # Dropped now, not left to the collector: a delivery callback that
+        # librdkafka still holds refers back to this object (a cycle the
+        # collector cannot see), and the handle would keep reconnecting to
+        # the stopped broker for the rest of the session.
+        del self.producer
 
 
 def read_all(broker: BrokerProcess, topic: str) -> dict[int, list[tuple[int, int]]]:
