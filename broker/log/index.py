@@ -73,6 +73,7 @@ partition state table's published position.
 from __future__ import annotations
 
 import errno
+import logging
 import mmap
 import os
 from collections.abc import Sequence
@@ -81,6 +82,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
+
+from broker.logs import event
+
+logger = logging.getLogger(__name__)
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -185,8 +190,21 @@ class _MappedIndex:
         self._columns = {}
         self._entries = np.empty(0, self.entry_type)
         if self._map is not None:
-            self._map.close()
-            self._map = None
+            mapping, self._map = self._map, None
+            try:
+                mapping.close()
+            except BufferError:
+                # A view of the old mapping is still held somewhere (a bug
+                # there): it is unmapped when that view goes. The table
+                # moves on to its new mapping either way, rather than being
+                # left without one for every later lookup.
+                event(
+                    logger,
+                    logging.WARNING,
+                    "index.mapping_still_viewed",
+                    path=self.path,
+                    action="unmapped when the last view is dropped",
+                )
 
     def _extend(self, needed: int) -> None:
         """Grow the file to hold at least ``needed`` entries (at least

@@ -102,6 +102,30 @@ def test_offset_index_reader_maps_again_when_the_file_grew(tmp_path: Path) -> No
     reader.close()
 
 
+def test_offset_index_survives_a_view_held_across_a_remap(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "a.index"
+    first_page = GROW_FROM_BYTES // 8
+    writer = _offset_index(
+        path, [(i, i * 100) for i in range(first_page)], capacity=4 * first_page
+    )
+    reader = OffsetIndex(path, writable=False)
+    held = reader.entries()  # kept past its use, against the docstring
+    writer.append(first_page + 10, first_page * 100 + 50)
+
+    # The old mapping cannot close while the view exists; the lookup still
+    # maps the grown file and answers, and so do the lookups after it.
+    with caplog.at_level("WARNING"):
+        assert reader.lookup(10**6) == (first_page + 10, first_page * 100 + 50)
+    assert "index.mapping_still_viewed" in caplog.text
+    assert reader.lookup(3) == (3, 300)
+    assert held[3].tolist() == (3, 300)  # the old view still reads
+    del held
+    writer.close()
+    reader.close()
+
+
 def test_offset_index_trim_keeps_old_mappings_readable(tmp_path: Path) -> None:
     path = tmp_path / "a.index"
     writer = _offset_index(path, [(1, 8), (5, 300)], capacity=1024)
