@@ -182,10 +182,10 @@ _Entries = list[tuple[int, int]] | tuple[Int64s, Int64s]
 _Plan = tuple[_Tracking, _Entries, _Entries]
 
 
-# Bytes one pread of a header scan takes: the default index interval (4 KiB)
-# and room for headers past it, so the scan from an index entry to the batch
-# it leads to is usually one read. Page-cache bytes copy at several GB/s: reading a
-# little past the batch sought costs less than a second syscall.
+# Bytes one pread of a header scan takes: the default index interval
+# (4 KiB) and room for headers past it, so the scan from an index entry to
+# the batch it leads to is usually one read. Page-cache bytes copy at
+# several GB/s: reading past the batch sought costs less than a syscall.
 SCAN_READ_BYTES = 4096 + 2 * HEADER_SIZE
 
 
